@@ -1,0 +1,121 @@
+//! Applies events to sagas in one transaction: load, apply, save (version-guarded),
+//! commit, then wake the relay and the waiters. Replies, timers, resumption and SRE
+//! retries all come through here.
+
+use super::Inner;
+use crate::Error;
+use crate::machine::{self, Event, SagaState};
+use crate::store;
+use kessai_messages::SagaId;
+use sea_orm::TransactionTrait;
+use std::collections::HashSet;
+use tracing::{debug_span, warn};
+
+/// Identifies the message an event came from (an index into the caller's batch).
+pub type Tag = Option<usize>;
+
+/// What a drive did, so the caller can settle its messages.
+#[derive(Debug, Default)]
+pub struct Driven {
+    /// Messages whose saga another writer changed meanwhile: requeue them.
+    pub conflicts: Vec<usize>,
+    /// Messages that cannot be placed (unknown saga, unknown branch): dead-letter them.
+    pub invalid: Vec<(usize, String)>,
+    /// Sagas saved.
+    pub saved: usize,
+    /// Sagas that reached a terminal state.
+    pub finished: Vec<(SagaId, SagaState)>,
+}
+
+pub(crate) async fn drive(inner: &Inner, work: Vec<(SagaId, Vec<(Event, Tag)>)>) -> Result<Driven, Error> {
+    let ids: Vec<SagaId> = work.iter().map(|(id, _)| *id).collect();
+    let now = inner.clock.now_ms();
+    let policy = inner.config.policy;
+    let txn = inner.db.begin().await?;
+    let loaded = store::load(&txn, &ids).await?;
+    let mut out = Driven::default();
+    let mut wrote_outbox = false;
+    for (id, events) in work {
+        let Some(before) = loaded.get(&id) else {
+            out.invalid.extend(
+                events
+                    .iter()
+                    .filter_map(|(_, t)| t.map(|t| (t, format!("unknown saga {id}")))),
+            );
+            continue;
+        };
+        let span = debug_span!("saga_apply", saga.id = %id, saga.state = before.saga.state.as_str());
+        let entered = span.enter();
+        let mut saga = before.saga.clone();
+        let mut actions = Vec::new();
+        let mut tags = Vec::new();
+        for (event, tag) in events {
+            match machine::apply(&saga, &event, now, &policy) {
+                Ok(t) => {
+                    saga = t.saga;
+                    actions.extend(t.actions);
+                    tags.extend(tag);
+                }
+                Err(e) => {
+                    if let Some(t) = tag {
+                        out.invalid.push((t, e.to_string()));
+                    }
+                }
+            }
+        }
+        drop(entered);
+        if saga == before.saga && actions.is_empty() {
+            continue;
+        }
+        if store::save(&txn, &inner.routing, before, &saga, &actions, now).await? {
+            out.saved += 1;
+            wrote_outbox |= actions.iter().any(|a| matches!(a, machine::Action::Send { .. }));
+            if saga.state.is_terminal() && !before.saga.state.is_terminal() {
+                out.finished.push((id, saga.state));
+            }
+        } else {
+            out.conflicts.extend(tags);
+        }
+    }
+    txn.commit().await?;
+    if wrote_outbox {
+        inner.outbox_ready.notify_one();
+    }
+    for (id, state) in &out.finished {
+        inner.waiters.finished(*id, *state);
+    }
+    if !out.conflicts.is_empty() {
+        warn!(
+            conflicts = out.conflicts.len(),
+            "saga changed by another writer; events requeued"
+        );
+    }
+    Ok(out)
+}
+
+/// Groups events by saga, keeping their order within each saga.
+pub(crate) fn group(events: Vec<(SagaId, Event, Tag)>) -> Vec<(SagaId, Vec<(Event, Tag)>)> {
+    let mut order: Vec<(SagaId, Vec<(Event, Tag)>)> = Vec::new();
+    let mut seen: std::collections::HashMap<SagaId, usize> = std::collections::HashMap::new();
+    for (id, e, t) in events {
+        match seen.get(&id) {
+            Some(&i) => order[i].1.push((e, t)),
+            None => {
+                seen.insert(id, order.len());
+                order.push((id, vec![(e, t)]));
+            }
+        }
+    }
+    order
+}
+
+/// Tags of a batch that a drive neither dead-letters nor requeues: ack them.
+pub(crate) fn settled_ok(all: usize, driven: &Driven) -> Vec<usize> {
+    let skip: HashSet<usize> = driven
+        .conflicts
+        .iter()
+        .copied()
+        .chain(driven.invalid.iter().map(|(t, _)| *t))
+        .collect();
+    (0..all).filter(|i| !skip.contains(i)).collect()
+}

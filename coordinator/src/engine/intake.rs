@@ -1,0 +1,116 @@
+//! Submissions, group-committed: every submission waiting when a transaction starts
+//! goes into it, so concurrent clients share one fsync instead of queueing for one
+//! each. A client is answered only after the commit (SPEC §4.5: an acknowledged
+//! submission exists).
+
+use super::{Inner, Submitted};
+use crate::Error;
+use crate::machine::Saga;
+use crate::store::{self, NewSaga};
+use kessai_messages::SagaId;
+use sea_orm::TransactionTrait;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info_span, warn};
+
+pub(crate) struct Request {
+    pub new: NewSaga,
+    pub reply: oneshot::Sender<Result<Submitted, Error>>,
+}
+
+pub(crate) async fn run(
+    inner: Arc<Inner>,
+    mut rx: mpsc::Receiver<Request>,
+    cancel: CancellationToken,
+) -> Result<(), Error> {
+    loop {
+        let first = tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = rx.recv() => match r { Some(r) => r, None => break },
+        };
+        let mut batch = vec![first];
+        while batch.len() < inner.config.batch_size {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        commit_batch(&inner, batch).await;
+    }
+    // Answer whatever is still queued rather than leave clients hanging.
+    rx.close();
+    while let Some(r) = rx.recv().await {
+        let _ = r.reply.send(Err(Error::ShuttingDown));
+    }
+    Ok(())
+}
+
+async fn commit_batch(inner: &Inner, batch: Vec<Request>) {
+    let span = info_span!("saga_submit", batch.size = batch.len());
+    let requests: Vec<&NewSaga> = batch.iter().map(|r| &r.new).collect();
+    match insert_all(inner, &requests).instrument(span.clone()).await {
+        Ok(results) => {
+            inner.outbox_ready.notify_one();
+            for (r, res) in batch.into_iter().zip(results) {
+                let _ = r.reply.send(Ok(res));
+            }
+        }
+        Err(e) if batch.len() > 1 => {
+            // One bad apple (say, a key inserted concurrently by another coordinator)
+            // must not fail its neighbours: retry one by one.
+            warn!(error = %e, "batched submission failed; retrying one by one");
+            for r in batch {
+                let res = insert_all(inner, &[&r.new])
+                    .instrument(span.clone())
+                    .await
+                    .map(|mut v| v.remove(0));
+                if res.is_ok() {
+                    inner.outbox_ready.notify_one();
+                }
+                let _ = r.reply.send(res);
+            }
+        }
+        Err(e) => {
+            for r in batch {
+                let _ = r.reply.send(Err(Error::Invalid(e.to_string())));
+            }
+        }
+    }
+}
+
+async fn insert_all(inner: &Inner, requests: &[&NewSaga]) -> Result<Vec<Submitted>, Error> {
+    let now = inner.clock.now_ms();
+    let txn = inner.db.begin().await?;
+    let keys: Vec<String> = requests.iter().filter_map(|r| r.idempotency_key.clone()).collect();
+    let mut known: HashMap<String, SagaId> = store::by_keys(&txn, &keys).await?;
+    let mut out = Vec::with_capacity(requests.len());
+    for new in requests {
+        if let Some(id) = new.idempotency_key.as_ref().and_then(|k| known.get(k)) {
+            out.push(Submitted {
+                saga_id: *id,
+                created: false,
+            });
+            continue;
+        }
+        let id = SagaId::new();
+        let (saga, actions) = Saga::new(
+            id,
+            new.branches.clone(),
+            now,
+            now + new.try_timeout_ms,
+            &inner.config.policy,
+        );
+        store::insert(&txn, &inner.routing, new, &saga, &actions, now).await?;
+        if let Some(k) = &new.idempotency_key {
+            known.insert(k.clone(), id);
+        }
+        out.push(Submitted {
+            saga_id: id,
+            created: true,
+        });
+    }
+    txn.commit().await?;
+    Ok(out)
+}

@@ -1,0 +1,93 @@
+//! The outbox relay: publishes committed commands, then deletes their rows.
+//!
+//! A crash between publish and delete publishes them again — participants' barriers
+//! make that harmless. A row is deleted only after the transport confirmed it (AMQP
+//! publisher confirm, SQS answer), so nothing committed is ever lost.
+
+use super::Inner;
+use crate::Error;
+use crate::store;
+use futures::future::join_all;
+use kessai_transport::{Headers, OutgoingMessage};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug_span, warn};
+
+const BATCH: u64 = 512;
+
+pub(crate) async fn run(inner: Arc<Inner>, cancel: CancellationToken) -> Result<(), Error> {
+    let mut declared: HashSet<String> = HashSet::new();
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        if cancel.is_cancelled() {
+            // Graceful stop: flush what is committed, once, then leave.
+            let _ = relay_once(&inner, &mut declared).await;
+            return Ok(());
+        }
+        match relay_once(&inner, &mut declared).await {
+            Ok(0) => {
+                backoff = Duration::from_millis(50);
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = inner.outbox_ready.notified() => {}
+                    _ = tokio::time::sleep(inner.config.relay_poll) => {}
+                }
+            }
+            Ok(_) => backoff = Duration::from_millis(50),
+            Err(e) => {
+                warn!(error = %e, "outbox relay failed; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Publishes one batch; returns how many rows were published.
+async fn relay_once(inner: &Inner, declared: &mut HashSet<String>) -> Result<usize, Error> {
+    let rows = store::outbox_batch(&inner.db, BATCH).await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut by_queue: BTreeMap<String, (Vec<i64>, Vec<OutgoingMessage>)> = BTreeMap::new();
+    for row in rows {
+        let headers: Headers = serde_json::from_str(&row.headers).unwrap_or_default();
+        let entry = by_queue.entry(row.queue).or_default();
+        entry.0.push(row.id);
+        entry.1.push(OutgoingMessage {
+            payload: row.payload.into_bytes(),
+            headers,
+        });
+    }
+    for queue in by_queue.keys() {
+        if !declared.contains(queue) {
+            inner.transport.declare(queue).await?;
+            declared.insert(queue.clone());
+        }
+    }
+    let system = inner.transport.system();
+    let results = join_all(by_queue.into_iter().map(|(queue, (ids, messages))| {
+        let span = debug_span!("outbox_publish", messaging.system = system, messaging.destination.name = %queue, messaging.batch.message_count = ids.len());
+        async move { (ids, inner.transport.publish_batch(&queue, messages).await) }.instrument(span)
+    }))
+    .await;
+    let mut sent = Vec::new();
+    let mut first_error = None;
+    for (ids, result) in results {
+        match result {
+            Ok(()) => sent.extend(ids),
+            Err(e) => first_error = first_error.or(Some(e)),
+        }
+    }
+    let n = sent.len();
+    store::outbox_delete(&inner.db, sent).await?;
+    match first_error {
+        Some(e) => Err(e.into()),
+        None => Ok(n),
+    }
+}

@@ -1,0 +1,138 @@
+//! Consumes participants' replies in batches: decode, apply in one transaction, commit,
+//! then ack. Undecodable messages and replies that name no known saga or branch are
+//! dead-lettered with the reason; a batch whose transaction fails is requeued.
+
+use super::Inner;
+use super::drive::{self, Tag};
+use crate::Error;
+use crate::machine::Event;
+use kessai_messages::{Body, Envelope, SagaId};
+use kessai_transport::{ConsumeOptions, Consumer, Delivery};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug_span, warn};
+
+pub(crate) async fn run(inner: Arc<Inner>, cancel: CancellationToken) -> Result<(), Error> {
+    let queue = inner.config.topology.reply_queue();
+    let options = ConsumeOptions {
+        prefetch: inner.config.batch_size.clamp(1, u16::MAX as usize) as u16,
+        poll_wait: Duration::from_millis(500),
+    };
+    let mut backoff = Duration::from_millis(100);
+    let mut consumer: Option<Box<dyn Consumer>> = None;
+    while !cancel.is_cancelled() {
+        let c = match &mut consumer {
+            Some(c) => c,
+            None => match inner.transport.consume(&queue, options.clone()).await {
+                Ok(c) => consumer.insert(c),
+                Err(e) => {
+                    warn!(error = %e, queue, "cannot consume replies; retrying");
+                    sleep_or_cancel(&cancel, &mut backoff).await;
+                    continue;
+                }
+            },
+        };
+        let batch = tokio::select! {
+            _ = cancel.cancelled() => break,
+            b = c.next_batch(inner.config.batch_size) => b,
+        };
+        match batch {
+            Ok(batch) if batch.is_empty() => {}
+            Ok(batch) => {
+                backoff = Duration::from_millis(100);
+                let span = debug_span!(
+                    "reply_batch",
+                    messaging.system = inner.transport.system(),
+                    messaging.batch.message_count = batch.len()
+                );
+                if let Err(e) = handle(&inner, batch).instrument(span).await {
+                    warn!(error = %e, "reply batch failed; requeued");
+                    sleep_or_cancel(&cancel, &mut backoff).await;
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, queue, "reply consumer failed; reconnecting");
+                consumer = None;
+                sleep_or_cancel(&cancel, &mut backoff).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn sleep_or_cancel(cancel: &CancellationToken, backoff: &mut Duration) {
+    tokio::select! {
+        _ = cancel.cancelled() => {}
+        _ = tokio::time::sleep(*backoff) => {}
+    }
+    *backoff = (*backoff * 2).min(Duration::from_secs(5));
+}
+
+async fn handle(inner: &Inner, batch: Vec<Delivery>) -> Result<(), Error> {
+    let mut events: Vec<(SagaId, Event, Tag)> = Vec::with_capacity(batch.len());
+    let mut rejected: Vec<(usize, String)> = Vec::new();
+    for (i, d) in batch.iter().enumerate() {
+        match Envelope::decode(&d.payload) {
+            Ok(env) => match env.body {
+                Body::Reply(r) => events.push((
+                    env.saga_id,
+                    Event::Reply {
+                        branch: env.branch_id,
+                        operation: env.operation,
+                        attempt: env.attempt,
+                        outcome: r.outcome,
+                    },
+                    Some(i),
+                )),
+                Body::Command(_) => rejected.push((i, "a command on the reply queue".into())),
+            },
+            Err(e) => rejected.push((i, e.to_string())),
+        }
+    }
+    let n = batch.len();
+    let driven = match drive::drive(inner, drive::group(events)).await {
+        Ok(d) => d,
+        Err(e) => {
+            // Nothing committed: every delivery goes back, except those that are
+            // poison whatever happens.
+            let mut slots: Vec<Option<Delivery>> = batch.into_iter().map(Some).collect();
+            for (i, reason) in rejected {
+                if let Some(d) = slots[i].take() {
+                    dead_letter(d, &reason).await;
+                }
+            }
+            for d in slots.into_iter().flatten() {
+                let _ = d.requeue().await;
+            }
+            return Err(e);
+        }
+    };
+    let mut slots: Vec<Option<Delivery>> = batch.into_iter().map(Some).collect();
+    for (i, reason) in rejected.iter().chain(driven.invalid.iter()) {
+        if let Some(d) = slots[*i].take() {
+            dead_letter(d, reason).await;
+        }
+    }
+    for i in &driven.conflicts {
+        if let Some(d) = slots[*i].take() {
+            let _ = d.requeue().await;
+        }
+    }
+    for i in drive::settled_ok(n, &driven) {
+        if let Some(d) = slots[i].take()
+            && let Err(e) = d.ack().await
+        {
+            // The commit stands; the broker will redeliver and the machine absorbs it.
+            warn!(error = %e, "ack failed after commit");
+        }
+    }
+    Ok(())
+}
+
+async fn dead_letter(d: Delivery, reason: &str) {
+    warn!(reason, "dead-lettering reply");
+    if let Err(e) = d.dead_letter(reason).await {
+        warn!(error = %e, "dead-lettering failed; the broker will redeliver");
+    }
+}

@@ -1,0 +1,31 @@
+//! Clients waiting for a saga to end, woken after the commit that ended it.
+
+use crate::machine::SagaState;
+use kessai_messages::SagaId;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use tokio::sync::oneshot;
+
+#[derive(Default)]
+pub(crate) struct Waiters {
+    map: Mutex<HashMap<SagaId, Vec<oneshot::Sender<SagaState>>>>,
+}
+
+impl Waiters {
+    pub fn register(&self, id: SagaId) -> oneshot::Receiver<SagaState> {
+        let (tx, rx) = oneshot::channel();
+        let mut map = self.map.lock().expect("waiters lock");
+        let list = map.entry(id).or_default();
+        // Drop waiters that gave up, so a saga polled often does not grow the list.
+        list.retain(|w| !w.is_closed());
+        list.push(tx);
+        rx
+    }
+
+    pub fn finished(&self, id: SagaId, state: SagaState) {
+        let list = self.map.lock().expect("waiters lock").remove(&id);
+        for w in list.into_iter().flatten() {
+            let _ = w.send(state);
+        }
+    }
+}

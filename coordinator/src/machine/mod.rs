@@ -1,0 +1,364 @@
+//! The saga state machine: pure code, no I/O.
+//!
+//! [`apply`] takes a saga, an [`Event`] and the current time, and returns the new saga
+//! with the [`Action`]s the outer loop must carry out (send a command, write a timeline
+//! entry). Timers are not actions: a saga's next wake-up is derived from its state
+//! ([`Saga::wake_at`]) and stored with it, so they live in the database.
+//!
+//! One module per transition family: [`replies`] (a participant answered), [`timers`]
+//! (a deadline or a resend came due; an SRE or a restart asked to resend now), and
+//! [`decide`] (the one-way switch from trying to confirming or cancelling).
+//!
+//! The rule everything else serves: a saga decides once. `Trying` moves to
+//! `Confirming` only when every branch is prepared, to `Cancelling` on any rejection or
+//! at the try deadline, and neither of those ever moves to the other.
+
+mod decide;
+mod replies;
+mod timers;
+
+use kessai_messages::{BranchId, Operation, Outcome, SagaId};
+use serde::{Deserialize, Serialize};
+
+/// Where a saga is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SagaState {
+    /// Tries sent; waiting for every branch to prepare.
+    Trying,
+    /// Decided to commit: confirms sent, retried until every branch confirms.
+    Confirming,
+    /// Decided to roll back: cancels sent, retried until every branch cancels.
+    Cancelling,
+    Confirmed,
+    Cancelled,
+}
+
+impl SagaState {
+    pub const ALL: [SagaState; 5] = [
+        SagaState::Trying,
+        SagaState::Confirming,
+        SagaState::Cancelling,
+        SagaState::Confirmed,
+        SagaState::Cancelled,
+    ];
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, SagaState::Confirmed | SagaState::Cancelled)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SagaState::Trying => "trying",
+            SagaState::Confirming => "confirming",
+            SagaState::Cancelling => "cancelling",
+            SagaState::Confirmed => "confirmed",
+            SagaState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        SagaState::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for SagaState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where one branch is. Waiting states carry their send count and next resend time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BranchState {
+    Trying {
+        attempt: u32,
+        resend_at: i64,
+    },
+    /// The try succeeded: resources are reserved at the participant.
+    Prepared,
+    /// The try was refused; nothing is reserved, so it needs no cancel.
+    Rejected {
+        reason: String,
+    },
+    Confirming {
+        attempt: u32,
+        resend_at: i64,
+    },
+    Confirmed,
+    Cancelling {
+        attempt: u32,
+        resend_at: i64,
+    },
+    Cancelled,
+}
+
+impl BranchState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            BranchState::Trying { .. } => "trying",
+            BranchState::Prepared => "prepared",
+            BranchState::Rejected { .. } => "rejected",
+            BranchState::Confirming { .. } => "confirming",
+            BranchState::Confirmed => "confirmed",
+            BranchState::Cancelling { .. } => "cancelling",
+            BranchState::Cancelled => "cancelled",
+        }
+    }
+
+    /// The operation this branch waits on an answer for, its send count and resend time.
+    pub fn waiting(&self) -> Option<(Operation, u32, i64)> {
+        match *self {
+            BranchState::Trying { attempt, resend_at } => Some((Operation::Try, attempt, resend_at)),
+            BranchState::Confirming { attempt, resend_at } => Some((Operation::Confirm, attempt, resend_at)),
+            BranchState::Cancelling { attempt, resend_at } => Some((Operation::Cancel, attempt, resend_at)),
+            _ => None,
+        }
+    }
+
+    fn waiting_for(op: Operation, attempt: u32, resend_at: i64) -> BranchState {
+        match op {
+            Operation::Try => BranchState::Trying { attempt, resend_at },
+            Operation::Confirm => BranchState::Confirming { attempt, resend_at },
+            Operation::Cancel => BranchState::Cancelling { attempt, resend_at },
+        }
+    }
+}
+
+/// One participant's part of a saga.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Branch {
+    pub id: BranchId,
+    pub participant: String,
+    /// The participant's payload, sent with every command of this branch.
+    pub payload: serde_json::Value,
+    pub state: BranchState,
+    /// The last refusal or failure a participant reported, for SREs.
+    pub last_error: Option<String>,
+}
+
+/// A saga as the state machine sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Saga {
+    pub id: SagaId,
+    pub state: SagaState,
+    pub branches: Vec<Branch>,
+    /// Unix ms after which a saga still trying is cancelled.
+    pub try_deadline: i64,
+    /// Set once confirm or cancel has been resent `stuck_after` times; SREs look here.
+    /// Retries go on regardless; cleared when the saga ends.
+    pub stuck: bool,
+    /// Why the saga is cancelling or cancelled.
+    pub reason: Option<String>,
+}
+
+impl Saga {
+    /// A fresh saga whose tries are about to be sent (attempt 1 each).
+    pub fn new(
+        id: SagaId,
+        branches: Vec<(String, serde_json::Value)>,
+        now: i64,
+        try_deadline: i64,
+        policy: &Policy,
+    ) -> (Saga, Vec<Action>) {
+        let resend_at = now + policy.try_resend.delay_ms(1);
+        let mut actions = vec![Action::Log(Note::new(
+            "submitted",
+            None,
+            format!("{} branches", branches.len()),
+        ))];
+        let branches = branches
+            .into_iter()
+            .enumerate()
+            .map(|(i, (participant, payload))| {
+                let id = BranchId(i as u32);
+                actions.push(Action::Send {
+                    branch: id,
+                    operation: Operation::Try,
+                    attempt: 1,
+                });
+                Branch {
+                    id,
+                    participant,
+                    payload,
+                    state: BranchState::Trying { attempt: 1, resend_at },
+                    last_error: None,
+                }
+            })
+            .collect();
+        let saga = Saga {
+            id,
+            state: SagaState::Trying,
+            branches,
+            try_deadline,
+            stuck: false,
+            reason: None,
+        };
+        (saga, actions)
+    }
+
+    /// When the timer loop must next look at this saga; `None` once it is terminal.
+    pub fn wake_at(&self) -> Option<i64> {
+        if self.state.is_terminal() {
+            return None;
+        }
+        let resend = self
+            .branches
+            .iter()
+            .filter_map(|b| b.state.waiting().map(|w| w.2))
+            .min();
+        let deadline = (self.state == SagaState::Trying).then_some(self.try_deadline);
+        match (resend, deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn branch_mut(&mut self, id: BranchId) -> Result<&mut Branch, Error> {
+        let saga = self.id;
+        self.branches
+            .get_mut(id.0 as usize)
+            .ok_or(Error::UnknownBranch { saga, branch: id })
+    }
+}
+
+/// What happened to a saga.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// A participant answered `operation` (send number `attempt`) for `branch`.
+    Reply {
+        branch: BranchId,
+        operation: Operation,
+        attempt: u32,
+        outcome: Outcome,
+    },
+    /// The saga's wake-up time passed: check the try deadline and resend what is due.
+    Tick,
+    /// Resend everything the saga waits on now (an SRE's retry, a coordinator start).
+    ResendNow { why: String },
+}
+
+/// A timeline entry: what SREs read in `kessai saga show`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Note {
+    pub kind: &'static str,
+    pub branch: Option<BranchId>,
+    pub detail: String,
+}
+
+impl Note {
+    pub fn new(kind: &'static str, branch: Option<BranchId>, detail: impl Into<String>) -> Self {
+        Note {
+            kind,
+            branch,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// What the outer loop must do after a transition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send `operation` for `branch` (via the outbox, in the same transaction).
+    Send {
+        branch: BranchId,
+        operation: Operation,
+        attempt: u32,
+    },
+    /// Append to the saga's timeline.
+    Log(Note),
+}
+
+/// Capped exponential backoff: `initial_ms * 2^(attempt-1)`, at most `max_ms`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backoff {
+    pub initial_ms: i64,
+    pub max_ms: i64,
+}
+
+impl Backoff {
+    /// Delay before resending after send number `attempt` (1-based).
+    pub fn delay_ms(&self, attempt: u32) -> i64 {
+        let shift = attempt.saturating_sub(1).min(30);
+        self.initial_ms.saturating_mul(1i64 << shift).min(self.max_ms)
+    }
+}
+
+/// The timing rules of the protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    /// Resend of an unanswered try.
+    pub try_resend: Backoff,
+    /// Resend of an unanswered or failed confirm / cancel. Never gives up.
+    pub finish_resend: Backoff,
+    /// After this many sends of a confirm or cancel, the saga is flagged `stuck`.
+    pub stuck_after: u32,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            try_resend: Backoff {
+                initial_ms: 2_000,
+                max_ms: 8_000,
+            },
+            finish_resend: Backoff {
+                initial_ms: 1_000,
+                max_ms: 60_000,
+            },
+            stuck_after: 8,
+        }
+    }
+}
+
+/// An event the state machine cannot place. Permanent: the message carrying it is
+/// dead-lettered.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum Error {
+    #[error("saga {saga} has no branch {branch}")]
+    UnknownBranch { saga: SagaId, branch: BranchId },
+}
+
+/// The new saga and what to do about it.
+#[derive(Debug, PartialEq)]
+pub struct Transition {
+    pub saga: Saga,
+    pub actions: Vec<Action>,
+}
+
+impl Transition {
+    /// Whether anything is to be written.
+    pub fn changed(&self, before: &Saga) -> bool {
+        !self.actions.is_empty() || self.saga != *before
+    }
+}
+
+/// Applies one event. Pure: the same inputs always give the same transition.
+/// Duplicated, reordered and stale events are absorbed (no change, no action).
+pub fn apply(saga: &Saga, event: &Event, now: i64, policy: &Policy) -> Result<Transition, Error> {
+    let mut next = saga.clone();
+    let mut actions = Vec::new();
+    match event {
+        Event::Reply {
+            branch,
+            operation,
+            attempt,
+            outcome,
+        } => replies::on_reply(
+            &mut next,
+            *branch,
+            *operation,
+            *attempt,
+            outcome,
+            now,
+            policy,
+            &mut actions,
+        )?,
+        Event::Tick => timers::on_tick(&mut next, now, policy, &mut actions),
+        Event::ResendNow { why } => timers::resend_now(&mut next, why, now, policy, &mut actions),
+    }
+    Ok(Transition { saga: next, actions })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,279 @@
+//! Table tests and property tests of the protocol.
+
+use super::*;
+use proptest::prelude::*;
+
+const T0: i64 = 1_000_000;
+
+fn policy() -> Policy {
+    Policy::default()
+}
+
+fn new_saga(n: usize) -> Saga {
+    let branches = (0..n).map(|i| (format!("p{i}"), serde_json::json!({"i": i}))).collect();
+    Saga::new(SagaId::new(), branches, T0, T0 + 10_000, &policy()).0
+}
+
+fn reply(branch: u32, operation: Operation, outcome: Outcome) -> Event {
+    Event::Reply {
+        branch: BranchId(branch),
+        operation,
+        attempt: 1,
+        outcome,
+    }
+}
+
+fn step(s: &Saga, e: Event, now: i64) -> (Saga, Vec<Action>) {
+    let t = apply(s, &e, now, &policy()).unwrap();
+    (t.saga, t.actions)
+}
+
+fn sends(actions: &[Action]) -> Vec<(u32, Operation, u32)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send {
+                branch,
+                operation,
+                attempt,
+            } => Some((branch.0, *operation, *attempt)),
+            Action::Log(_) => None,
+        })
+        .collect()
+}
+
+#[test]
+fn new_saga_sends_every_try() {
+    let branches = vec![
+        ("a".to_string(), serde_json::json!(1)),
+        ("b".to_string(), serde_json::json!(2)),
+    ];
+    let (s, actions) = Saga::new(SagaId::new(), branches, T0, T0 + 10_000, &policy());
+    assert_eq!(s.state, SagaState::Trying);
+    assert_eq!(sends(&actions), vec![(0, Operation::Try, 1), (1, Operation::Try, 1)]);
+    assert_eq!(s.wake_at(), Some(T0 + 2_000));
+}
+
+#[test]
+fn all_prepared_confirms_then_finishes() {
+    let mut s = new_saga(3);
+    for b in 0..3 {
+        let (n, a) = step(&s, reply(b, Operation::Try, Outcome::Ok), T0 + 1);
+        s = n;
+        if b < 2 {
+            assert!(sends(&a).is_empty());
+        } else {
+            assert_eq!(s.state, SagaState::Confirming);
+            assert_eq!(sends(&a).len(), 3);
+            assert!(sends(&a).iter().all(|x| x.1 == Operation::Confirm));
+        }
+    }
+    // A duplicate try reply changes nothing.
+    let t = apply(&s, &reply(0, Operation::Try, Outcome::Ok), T0 + 2, &policy()).unwrap();
+    assert!(!t.changed(&s));
+    for b in 0..3 {
+        s = step(&s, reply(b, Operation::Confirm, Outcome::Ok), T0 + 3).0;
+    }
+    assert_eq!(s.state, SagaState::Confirmed);
+    assert_eq!(s.wake_at(), None);
+}
+
+#[test]
+fn a_rejection_cancels_the_others_but_not_itself() {
+    let s = new_saga(3);
+    let (s, _) = step(&s, reply(0, Operation::Try, Outcome::Ok), T0 + 1);
+    let (s, a) = step(&s, reply(2, Operation::Try, Outcome::rejected("frozen")), T0 + 2);
+    assert_eq!(s.state, SagaState::Cancelling);
+    assert_eq!(sends(&a), vec![(0, Operation::Cancel, 1), (1, Operation::Cancel, 1)]);
+    assert!(s.reason.as_deref().unwrap().contains("frozen"));
+    // The late try OK of branch 1 is absorbed: it is already being cancelled.
+    let (s2, a2) = step(&s, reply(1, Operation::Try, Outcome::Ok), T0 + 3);
+    assert!(a2.is_empty());
+    assert_eq!(s2, s);
+    let (s, _) = step(&s, reply(0, Operation::Cancel, Outcome::Ok), T0 + 4);
+    let (s, _) = step(&s, reply(1, Operation::Cancel, Outcome::Ok), T0 + 5);
+    assert_eq!(s.state, SagaState::Cancelled);
+}
+
+#[test]
+fn deadline_cancels_and_resends_back_off() {
+    let s = new_saga(2);
+    let (s, _) = step(&s, reply(0, Operation::Try, Outcome::Ok), T0 + 1);
+    // Before the deadline a tick resends the unanswered try.
+    let (s, a) = step(&s, Event::Tick, T0 + 2_000);
+    assert_eq!(sends(&a), vec![(1, Operation::Try, 2)]);
+    assert_eq!(
+        s.branches[1].state,
+        BranchState::Trying {
+            attempt: 2,
+            resend_at: T0 + 6_000
+        }
+    );
+    let (s, a) = step(&s, Event::Tick, T0 + 10_000);
+    assert_eq!(s.state, SagaState::Cancelling);
+    assert_eq!(sends(&a), vec![(0, Operation::Cancel, 1), (1, Operation::Cancel, 1)]);
+    // Cancels are retried with growing delays and the saga is flagged stuck.
+    let mut s = s;
+    let mut now = T0 + 10_000;
+    let mut delays = Vec::new();
+    while !s.stuck {
+        let wake = s.wake_at().unwrap();
+        delays.push(wake - now);
+        now = wake;
+        s = step(&s, Event::Tick, now).0;
+    }
+    assert!(delays.windows(2).all(|w| w[1] >= w[0]), "{delays:?}");
+    assert!(delays.last() > delays.first());
+    assert_eq!(s.state, SagaState::Cancelling);
+    let (s, _) = step(&s, reply(0, Operation::Cancel, Outcome::Ok), now);
+    let (s, a) = step(&s, reply(1, Operation::Cancel, Outcome::Ok), now);
+    assert_eq!(s.state, SagaState::Cancelled);
+    assert!(!s.stuck);
+    assert!(a.iter().any(|x| matches!(x, Action::Log(n) if n.kind == "finished")));
+}
+
+#[test]
+fn backoff_is_capped() {
+    let b = Backoff {
+        initial_ms: 1_000,
+        max_ms: 60_000,
+    };
+    assert_eq!(b.delay_ms(1), 1_000);
+    assert_eq!(b.delay_ms(4), 8_000);
+    assert_eq!(b.delay_ms(40), 60_000);
+}
+
+#[test]
+fn unknown_branch_is_an_error() {
+    let s = new_saga(1);
+    assert!(matches!(
+        apply(&s, &reply(7, Operation::Try, Outcome::Ok), T0, &policy()),
+        Err(Error::UnknownBranch { .. })
+    ));
+}
+
+#[test]
+fn resend_now_resends_everything_waiting() {
+    let s = new_saga(3);
+    let (s, _) = step(&s, reply(0, Operation::Try, Outcome::Ok), T0 + 1);
+    let (_, a) = step(&s, Event::ResendNow { why: "sre".into() }, T0 + 2);
+    assert_eq!(sends(&a), vec![(1, Operation::Try, 2), (2, Operation::Try, 2)]);
+}
+
+// ---- property tests ----
+
+/// What the fuzzer throws at a saga.
+#[derive(Clone, Debug)]
+enum Input {
+    Reply {
+        branch: u32,
+        op: Operation,
+        attempt: u32,
+        outcome: u8,
+    },
+    Tick {
+        advance_ms: i64,
+    },
+    ResendNow,
+}
+
+fn op_strategy() -> impl Strategy<Value = Operation> {
+    prop_oneof![Just(Operation::Try), Just(Operation::Confirm), Just(Operation::Cancel)]
+}
+
+fn input_strategy(branches: u32) -> impl Strategy<Value = Input> {
+    prop_oneof![
+        6 => (0..branches, op_strategy(), 1u32..5, 0u8..4).prop_map(|(branch, op, attempt, outcome)| Input::Reply { branch, op, attempt, outcome }),
+        3 => (0i64..6_000).prop_map(|advance_ms| Input::Tick { advance_ms }),
+        1 => Just(Input::ResendNow),
+    ]
+}
+
+fn outcome_of(code: u8) -> Outcome {
+    match code {
+        0 | 1 => Outcome::Ok,
+        2 => Outcome::rejected("no"),
+        _ => Outcome::retryable("busy"),
+    }
+}
+
+/// Checks the safety rule on everything sent so far.
+fn assert_safe(sent: &[(u32, Operation, u32)]) {
+    let first_cancel = sent.iter().position(|s| s.1 == Operation::Cancel);
+    let first_confirm = sent.iter().position(|s| s.1 == Operation::Confirm);
+    if let (Some(c), Some(k)) = (first_cancel, first_confirm) {
+        panic!("saga sent both confirm (at {k}) and cancel (at {c}): {sent:?}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// For any interleaving of duplicated, reordered, stale and delayed replies, timer
+    /// firings and forced resends: a saga never sends a confirm after a cancel (nor
+    /// the reverse), a terminal saga never changes, and once messages flow every saga
+    /// ends terminal.
+    #[test]
+    fn decides_once_and_always_finishes(
+        n in 1usize..5,
+        inputs in proptest::collection::vec(input_strategy(4), 0..60),
+        fates in proptest::collection::vec(proptest::bool::weighted(0.8), 4),
+    ) {
+        let p = policy();
+        let (mut saga, actions) = Saga::new(SagaId::new(), (0..n).map(|i| (format!("p{i}"), serde_json::json!(i))).collect(), T0, T0 + 10_000, &p);
+        let mut sent = sends(&actions);
+        let mut now = T0;
+        for input in inputs {
+            let event = match input {
+                Input::Reply { branch, op, attempt, outcome } => Event::Reply { branch: BranchId(branch % n as u32), operation: op, attempt, outcome: outcome_of(outcome) },
+                Input::Tick { advance_ms } => { now += advance_ms; Event::Tick }
+                Input::ResendNow => Event::ResendNow { why: "prop".into() },
+            };
+            let before = saga.clone();
+            let t = apply(&saga, &event, now, &p).unwrap();
+            if before.state.is_terminal() {
+                prop_assert!(!t.changed(&before), "terminal saga changed");
+            }
+            if before.state == SagaState::Confirming || before.state == SagaState::Confirmed {
+                prop_assert!(matches!(t.saga.state, SagaState::Confirming | SagaState::Confirmed));
+            }
+            if before.state == SagaState::Cancelling || before.state == SagaState::Cancelled {
+                prop_assert!(matches!(t.saga.state, SagaState::Cancelling | SagaState::Cancelled));
+            }
+            sent.extend(sends(&t.actions));
+            assert_safe(&sent);
+            saga = t.saga;
+        }
+
+        // Messages now flow: a well-behaved participant answers every outstanding
+        // command (tries by their fate), time advances to each wake-up.
+        let mut rounds = 0;
+        while !saga.state.is_terminal() {
+            rounds += 1;
+            prop_assert!(rounds < 100, "saga did not finish: {saga:?}");
+            let waiting: Vec<(BranchId, Operation, u32)> = saga.branches.iter().filter_map(|b| b.state.waiting().map(|w| (b.id, w.0, w.1))).collect();
+            for (branch, op, attempt) in waiting {
+                let outcome = if op == Operation::Try && !fates[branch.0 as usize] { Outcome::rejected("fate") } else { Outcome::Ok };
+                let t = apply(&saga, &Event::Reply { branch, operation: op, attempt, outcome }, now, &p).unwrap();
+                sent.extend(sends(&t.actions));
+                saga = t.saga;
+            }
+            if let Some(w) = saga.wake_at() {
+                now = now.max(w);
+                let t = apply(&saga, &Event::Tick, now, &p).unwrap();
+                sent.extend(sends(&t.actions));
+                saga = t.saga;
+            }
+            assert_safe(&sent);
+        }
+        // Atomicity as the coordinator sees it.
+        match saga.state {
+            SagaState::Confirmed => prop_assert!(saga.branches.iter().all(|b| b.state == BranchState::Confirmed)),
+            SagaState::Cancelled => {
+                let undone = saga.branches.iter().all(|b| matches!(b.state, BranchState::Cancelled | BranchState::Rejected { .. }));
+                prop_assert!(undone, "cancelled saga with a branch not undone");
+            }
+            _ => unreachable!(),
+        }
+    }
+}

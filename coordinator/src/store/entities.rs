@@ -1,0 +1,98 @@
+//! sea-orm entities of the coordinator's tables (schema in `kessai-migrations`).
+
+pub mod saga {
+    use sea_orm::entity::prelude::*;
+
+    #[sea_orm::model]
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "sagas")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub kind: String,
+        pub idempotency_key: Option<String>,
+        pub state: String,
+        /// Bumped by every transition; an update names the version it read, so a
+        /// stale writer changes nothing.
+        pub version: i64,
+        pub stuck: bool,
+        pub try_deadline_ms: i64,
+        pub wake_at_ms: Option<i64>,
+        pub created_at_ms: i64,
+        pub updated_at_ms: i64,
+        pub finished_at_ms: Option<i64>,
+        #[sea_orm(column_type = "Text", nullable)]
+        pub reason: Option<String>,
+        #[sea_orm(column_type = "Text")]
+        pub request: String,
+        pub trace_id: Option<String>,
+    }
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod branch {
+    use sea_orm::entity::prelude::*;
+
+    #[sea_orm::model]
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "branches")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub saga_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub branch_id: i32,
+        pub participant: String,
+        #[sea_orm(column_type = "Text")]
+        pub payload: String,
+        pub state: String,
+        pub attempt: i32,
+        pub resend_at_ms: Option<i64>,
+        #[sea_orm(column_type = "Text", nullable)]
+        pub last_error: Option<String>,
+        pub updated_at_ms: i64,
+    }
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod saga_event {
+    use sea_orm::entity::prelude::*;
+
+    #[sea_orm::model]
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "saga_events")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub saga_id: String,
+        pub at_ms: i64,
+        pub kind: String,
+        pub branch_id: Option<i32>,
+        #[sea_orm(column_type = "Text")]
+        pub detail: String,
+    }
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod outbox {
+    use sea_orm::entity::prelude::*;
+
+    #[sea_orm::model]
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "outbox")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub saga_id: String,
+        pub queue: String,
+        #[sea_orm(column_type = "Text")]
+        pub payload: String,
+        #[sea_orm(column_type = "Text")]
+        pub headers: String,
+        pub created_at_ms: i64,
+    }
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

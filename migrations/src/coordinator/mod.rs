@@ -1,0 +1,14 @@
+//! The coordinator's schema.
+
+use sea_orm_migration::prelude::*;
+
+mod m20261122_000001_sagas;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261122_000001_sagas::Migration)]
+    }
+}

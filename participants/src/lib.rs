@@ -1,0 +1,49 @@
+//! # kessai-participants — the participant SDK and the reference participants
+//!
+//! ## Layout
+//! - [`sdk`]: what a team writing a participant uses.
+//!   - [`Participant`] (in `sdk`): the trait — `try_` / `confirm` / `cancel` on the
+//!     participant's own database transaction, with a decoded, validated payload.
+//!   - [`sdk::barrier`]: the barrier table and [`handle_command`], which applies one
+//!     command exactly once inside a caller's transaction (duplicates, empty cancel,
+//!     anti-hanging) and returns the answer to send.
+//!   - [`sdk::runtime`]: [`ParticipantRuntime`], which consumes the participant's
+//!     command queue in batches, runs each batch in one transaction, publishes the
+//!     replies and only then acks.
+//! - [`ledger`]: what the reference participants share — hold states, the [`Audit`]
+//!   report the chaos checks read, seeding helpers and the demo data set.
+//! - [`balance`], [`card_issuer`], [`bank`]: the three reference participants, each
+//!   with its ledger entities, `seed` / `seed_demo` and `audit`.
+//! - [`reference`](mod@reference): [`ReferenceParticipant`], the three by name, for binaries.
+//! - [`Error`]: the crate's error, which says retryable (requeue) or permanent
+//!   (dead-letter).
+//!
+//! ## Data flow
+//! ```text
+//! command queue ──next_batch──▶ ParticipantRuntime
+//!    │ undecodable / invalid ──▶ <queue>-dlq (with reason)
+//!    ▼
+//! BEGIN ─▶ per command: SAVEPOINT ─▶ barrier claim ─▶ Participant::try_/confirm/cancel
+//!        (nested SAVEPOINT, rolled back on Rejected) ─▶ barrier outcome ─▶ RELEASE
+//! COMMIT ─▶ publish_batch(reply_to, Envelope::reply(..)) ─▶ ack
+//! ```
+//! Database schemas live in `kessai-migrations` (`BalanceMigrator`, ...); this crate
+//! only reads and writes them.
+
+pub mod balance;
+pub mod bank;
+pub mod card_issuer;
+mod error;
+pub mod ledger;
+pub mod reference;
+pub mod sdk;
+
+pub use balance::BalanceParticipant;
+pub use bank::BankParticipant;
+pub use card_issuer::CardIssuerParticipant;
+pub use error::Error;
+pub use ledger::{Audit, Effect, HoldState};
+pub use reference::ReferenceParticipant;
+pub use sdk::barrier::{BarrierRecord, barrier_records, handle_command};
+pub use sdk::runtime::{BatchReport, ParticipantRuntime, RuntimeConfig};
+pub use sdk::{BranchRef, BusinessError, Participant};

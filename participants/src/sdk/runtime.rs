@@ -1,0 +1,573 @@
+//! The participant runtime: consume, barrier, commit, reply, ack.
+//!
+//! One worker loop, per batch of deliveries:
+//! 1. decode and validate each delivery; poison (undecodable bytes, a reply on a
+//!    command queue, a command for another participant, a bad payload) is
+//!    dead-lettered with its reason straight away;
+//! 2. open ONE database transaction for the rest — group commit: one fsync per batch
+//!    instead of per command, which is what a single-writer SQLite needs — and run
+//!    each command through the barrier in its own savepoint;
+//! 3. commit; then publish the replies (one `publish_batch` per reply queue); then ack.
+//!
+//! The order is the point: a delivery is acked only once its effect and its barrier row
+//! are durable and its reply is with the broker. A crash anywhere before the ack gets
+//! the command redelivered and the barrier replays the stored answer.
+//!
+//! Failures: a retryable command (business `Retryable`, a database error confined to
+//! its savepoint) is requeued after `retry_delay` without holding up the rest of the
+//! batch. A failure of the batch transaction itself (begin, commit, a savepoint that
+//! cannot be rolled back) requeues the whole batch and the worker backs off. A reply
+//! that cannot be published requeues its delivery.
+
+use super::Participant;
+use super::barrier::{self, PreparedCommand};
+use crate::Error;
+use kessai_messages::{Envelope, Outcome};
+use kessai_transport::{ConsumeOptions, Consumer, Delivery, Headers, OutgoingMessage, Topology, Transport};
+use sea_orm::{DatabaseConnection, DatabaseTransaction, SqliteTransactionMode, TransactionOptions, TransactionTrait};
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, Span, field};
+
+/// Called with each command's span and the envelope headers before the command is
+/// handled. The binary uses it to make the span a child of the coordinator's
+/// (`traceparent`) through its OpenTelemetry layer; this crate stays free of
+/// OpenTelemetry.
+pub type SpanHook = Arc<dyn Fn(&Span, &BTreeMap<String, String>) + Send + Sync>;
+
+/// How a [`ParticipantRuntime`] consumes and batches.
+#[derive(Clone)]
+pub struct RuntimeConfig {
+    /// Queue naming; the runtime consumes `topology.command_queue(participant.name())`.
+    pub topology: Topology,
+    /// Most commands per database transaction. Larger batches amortise the commit's
+    /// fsync; smaller ones answer sooner under light load.
+    pub batch_size: usize,
+    /// Concurrent consume → transaction loops. 1 suits SQLite (one writer, one pooled
+    /// connection); PostgreSQL benefits from a few, up to its pool size.
+    pub workers: usize,
+    /// How long a worker waits for a first message; bounds how late it notices
+    /// cancellation.
+    pub poll_wait: Duration,
+    /// Unsettled deliveries per worker; `None` = twice `batch_size`, leaving room for
+    /// deliveries waiting out `retry_delay`.
+    pub prefetch: Option<u16>,
+    /// How long a command that failed retryably waits before it is requeued, so a
+    /// persistent failure does not spin.
+    pub retry_delay: Duration,
+    /// First pause after a batch-level failure (database or broker down); doubles up
+    /// to `max_error_backoff` while failures continue.
+    pub error_backoff: Duration,
+    pub max_error_backoff: Duration,
+    /// See [`SpanHook`].
+    pub span_hook: Option<SpanHook>,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            topology: Topology::default(),
+            batch_size: 128,
+            workers: 1,
+            poll_wait: Duration::from_millis(500),
+            prefetch: None,
+            retry_delay: Duration::from_millis(250),
+            error_backoff: Duration::from_millis(100),
+            max_error_backoff: Duration::from_secs(5),
+            span_hook: None,
+        }
+    }
+}
+
+impl fmt::Debug for RuntimeConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RuntimeConfig")
+            .field("topology", &self.topology)
+            .field("batch_size", &self.batch_size)
+            .field("workers", &self.workers)
+            .field("poll_wait", &self.poll_wait)
+            .field("prefetch", &self.prefetch)
+            .field("retry_delay", &self.retry_delay)
+            .field("error_backoff", &self.error_backoff)
+            .field("max_error_backoff", &self.max_error_backoff)
+            .field("span_hook", &self.span_hook.is_some())
+            .finish()
+    }
+}
+
+/// How one batch was settled.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchReport {
+    /// Answered (reply published) and acked.
+    pub replied: usize,
+    /// Moved to the dead-letter queue.
+    pub dead_lettered: usize,
+    /// Handed back for redelivery (now or after `retry_delay`).
+    pub requeued: usize,
+}
+
+/// Runs a [`Participant`]: consumes its command queue and answers every command
+/// through the barrier. See the module docs for the order of effects.
+pub struct ParticipantRuntime<P: Participant> {
+    inner: Arc<Inner<P>>,
+}
+
+impl<P: Participant> Clone for ParticipantRuntime<P> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+struct Inner<P> {
+    participant: P,
+    db: DatabaseConnection,
+    transport: Arc<dyn Transport>,
+    config: RuntimeConfig,
+    queue: String,
+    /// Reply queues already declared, so each is declared once per process.
+    declared: Mutex<HashSet<String>>,
+    /// Deliveries waiting out `retry_delay`; `run` waits for them before returning.
+    delayed: TaskTracker,
+}
+
+/// One command on its way through a batch.
+struct Pending<T> {
+    delivery: Delivery,
+    envelope: Envelope,
+    command: PreparedCommand<T>,
+    span: Span,
+}
+
+impl<P: Participant> ParticipantRuntime<P> {
+    pub fn new(participant: P, db: DatabaseConnection, transport: Arc<dyn Transport>) -> Self {
+        Self::with_config(participant, db, transport, RuntimeConfig::default())
+    }
+
+    pub fn with_config(
+        participant: P,
+        db: DatabaseConnection,
+        transport: Arc<dyn Transport>,
+        config: RuntimeConfig,
+    ) -> Self {
+        let queue = config.topology.command_queue(participant.name());
+        Self {
+            inner: Arc::new(Inner {
+                participant,
+                db,
+                transport,
+                config,
+                queue,
+                declared: Mutex::new(HashSet::new()),
+                delayed: TaskTracker::new(),
+            }),
+        }
+    }
+
+    pub fn participant(&self) -> &P {
+        &self.inner.participant
+    }
+
+    /// The command queue this runtime consumes.
+    pub fn queue(&self) -> &str {
+        &self.inner.queue
+    }
+
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.inner.config
+    }
+
+    /// The consume options each worker uses.
+    pub fn consume_options(&self) -> ConsumeOptions {
+        let config = &self.inner.config;
+        let prefetch = config
+            .prefetch
+            .unwrap_or_else(|| u16::try_from(config.batch_size.max(1).saturating_mul(2)).unwrap_or(u16::MAX));
+        ConsumeOptions {
+            prefetch: prefetch.max(1),
+            poll_wait: config.poll_wait,
+        }
+    }
+
+    /// Consumes until `cancel` fires, with `config.workers` concurrent loops. A batch
+    /// in flight when it fires is finished (committed, answered, acked) first.
+    ///
+    /// Transient failures (broker or database down) are logged and retried with
+    /// backoff; `Err` only for permanent ones (misconfiguration, a closed transport).
+    pub async fn run(self, cancel: CancellationToken) -> Result<(), Error> {
+        let inner = &self.inner;
+        let mut backoff = Backoff::new(&inner.config);
+        loop {
+            match inner.transport.declare(&inner.queue).await {
+                Ok(()) => break,
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(messaging.destination.name = %inner.queue, error = %e, "declaring the command queue failed; retrying");
+                    if sleep_or_cancel(backoff.next(), &cancel).await {
+                        return Ok(());
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let stop = cancel.child_token();
+        let mut workers = JoinSet::new();
+        for worker in 0..inner.config.workers.max(1) {
+            let runtime = self.clone();
+            let stop = stop.clone();
+            let span = tracing::info_span!(
+                "participant_worker",
+                participant = runtime.inner.participant.name(),
+                worker,
+                messaging.system = runtime.inner.transport.system(),
+                messaging.destination.name = %runtime.inner.queue,
+            );
+            workers.spawn(async move { runtime.worker(stop).await }.instrument(span));
+        }
+        let mut first_error = None;
+        while let Some(joined) = workers.join_next().await {
+            let result = joined.unwrap_or_else(|e| Err(Error::Retryable(format!("participant worker panicked: {e}"))));
+            if let Err(e) = result {
+                tracing::error!(participant = inner.participant.name(), error = %e, "participant worker stopped");
+                stop.cancel();
+                first_error.get_or_insert(e);
+            }
+        }
+        inner.delayed.close();
+        inner.delayed.wait().await;
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    async fn worker(&self, cancel: CancellationToken) -> Result<(), Error> {
+        let inner = &self.inner;
+        let mut backoff = Backoff::new(&inner.config);
+        let mut consumer: Option<Box<dyn Consumer>> = None;
+        while !cancel.is_cancelled() {
+            let current = match consumer.as_mut() {
+                Some(c) => c,
+                None => match inner.transport.consume(&inner.queue, self.consume_options()).await {
+                    Ok(c) => consumer.insert(c),
+                    Err(e) if e.is_retryable() => {
+                        tracing::warn!(error = %e, "consuming the command queue failed; retrying");
+                        sleep_or_cancel(backoff.next(), &cancel).await;
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                },
+            };
+            let batch = match current.next_batch(inner.config.batch_size.max(1)).await {
+                Ok(batch) => batch,
+                Err(kessai_transport::Error::Closed) if cancel.is_cancelled() => break,
+                Err(e) if e.is_retryable() => {
+                    // Start over with a fresh consumer: after a broker outage the old
+                    // one may never deliver again.
+                    tracing::warn!(error = %e, "receiving commands failed; reconnecting");
+                    consumer = None;
+                    sleep_or_cancel(backoff.next(), &cancel).await;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if batch.is_empty() {
+                continue;
+            }
+            match self.process_batch(batch).await {
+                Ok(_) => backoff.reset(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "batch failed and was requeued; backing off");
+                    sleep_or_cancel(backoff.next(), &cancel).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Settles one batch of deliveries (see the module docs). Public so tests and
+    /// tools can drive the runtime by hand.
+    ///
+    /// `Err` means the batch transaction failed: its commands were all requeued and
+    /// nothing of them was committed or answered (dead-letters stand). The caller
+    /// should back off before the next batch.
+    pub async fn process_batch(&self, deliveries: Vec<Delivery>) -> Result<BatchReport, Error> {
+        let inner = &self.inner;
+        let mut report = BatchReport::default();
+        let batch_span = tracing::debug_span!(
+            "participant_batch",
+            participant = inner.participant.name(),
+            messaging.system = inner.transport.system(),
+            messaging.destination.name = %inner.queue,
+            messaging.batch.message_count = deliveries.len(),
+        );
+
+        let mut pending = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            match self.prepare(delivery, &batch_span) {
+                Ok(p) => pending.push(p),
+                Err((delivery, reason, span)) => {
+                    dead_letter(delivery, &reason, &span).await;
+                    report.dead_lettered += 1;
+                }
+            }
+        }
+        if pending.is_empty() {
+            return Ok(report);
+        }
+
+        // The transaction: every command, each in its own savepoint.
+        let txn = match begin_batch(&inner.db).instrument(batch_span.clone()).await {
+            Ok(txn) => txn,
+            Err(e) => {
+                requeue_all(pending).await;
+                return Err(e.into());
+            }
+        };
+        let mut answered = Vec::with_capacity(pending.len());
+        let mut retry = Vec::new();
+        for p in pending.into_iter() {
+            let result = barrier::execute(&inner.participant, &txn, &p.command)
+                .instrument(p.span.clone())
+                .await;
+            match result {
+                Ok(outcome) => answered.push((p, outcome)),
+                Err(failure) if failure.poisoned => {
+                    let _ = txn.rollback().await;
+                    p.span
+                        .in_scope(|| tracing::warn!(error = %failure.error, "the batch transaction broke"));
+                    let all = answered
+                        .into_iter()
+                        .map(|(p, _)| p)
+                        .chain(retry)
+                        .chain(std::iter::once(p));
+                    requeue_all(all.collect()).await;
+                    return Err(failure.error);
+                }
+                Err(failure) if !failure.error.is_retryable() => {
+                    // Stored data this build cannot read: no redelivery will help.
+                    let reason = failure.error.to_string();
+                    dead_letter(p.delivery, &reason, &p.span).await;
+                    report.dead_lettered += 1;
+                }
+                Err(failure) => {
+                    p.span.record("tcc.outcome", "requeued");
+                    p.span
+                        .in_scope(|| tracing::warn!(error = %failure.error, "command failed retryably; requeueing"));
+                    retry.push(p);
+                }
+            }
+        }
+        if let Err(e) = commit_batch(txn).instrument(batch_span.clone()).await {
+            let all = answered.into_iter().map(|(p, _)| p).chain(retry);
+            requeue_all(all.collect()).await;
+            return Err(e.into());
+        }
+
+        for p in retry {
+            self.requeue_later(p.delivery);
+            report.requeued += 1;
+        }
+        let (replied, requeued) = self.answer(answered).instrument(batch_span).await;
+        report.replied += replied;
+        report.requeued += requeued;
+        Ok(report)
+    }
+
+    /// Decodes and checks one delivery; on failure returns it with the dead-letter reason.
+    #[allow(clippy::result_large_err)]
+    fn prepare(&self, delivery: Delivery, batch_span: &Span) -> Result<Pending<P::Payload>, (Delivery, String, Span)> {
+        let inner = &self.inner;
+        let span = tracing::info_span!(
+            parent: batch_span,
+            "participant_handle",
+            participant = inner.participant.name(),
+            saga.id = field::Empty,
+            saga.branch = field::Empty,
+            tcc.operation = field::Empty,
+            tcc.attempt = field::Empty,
+            tcc.outcome = field::Empty,
+            messaging.system = inner.transport.system(),
+            messaging.destination.name = %inner.queue,
+            messaging.message.id = field::Empty,
+            messaging.redelivered = delivery.redelivered,
+        );
+        let envelope = match Envelope::decode(&delivery.payload) {
+            Ok(e) => e,
+            Err(e) => return Err((delivery, format!("undecodable envelope: {e}"), span)),
+        };
+        span.record("saga.id", field::display(envelope.saga_id));
+        span.record("saga.branch", envelope.branch_id.0);
+        span.record("tcc.operation", envelope.operation.as_str());
+        span.record("tcc.attempt", envelope.attempt);
+        span.record("messaging.message.id", field::display(envelope.message_id));
+        if let Some(hook) = &inner.config.span_hook {
+            hook(&span, &envelope.headers);
+        }
+        match barrier::prepare(&inner.participant, &envelope) {
+            Ok(command) => Ok(Pending {
+                delivery,
+                envelope,
+                command,
+                span,
+            }),
+            Err(e) => Err((delivery, e.to_string(), span)),
+        }
+    }
+
+    /// Publishes the replies of a committed batch, then acks what was answered.
+    /// Returns (replied, requeued).
+    async fn answer(&self, answered: Vec<(Pending<P::Payload>, Outcome)>) -> (usize, usize) {
+        let inner = &self.inner;
+        let mut by_queue: BTreeMap<String, Vec<(Delivery, OutgoingMessage, Span)>> = BTreeMap::new();
+        for (p, outcome) in answered {
+            record_outcome(&p.span, &outcome);
+            let reply = p.envelope.reply(inner.participant.name(), outcome);
+            let headers: Headers = reply.headers.clone();
+            let message = OutgoingMessage {
+                payload: reply.encode(),
+                headers,
+            };
+            let reply_to = p.envelope.as_command().map(|c| c.reply_to.clone()).unwrap_or_default();
+            by_queue
+                .entry(reply_to)
+                .or_default()
+                .push((p.delivery, message, p.span));
+        }
+        let (mut replied, mut requeued) = (0, 0);
+        for (queue, entries) in by_queue {
+            let (settles, messages): (Vec<_>, Vec<_>) = entries.into_iter().map(|(d, m, s)| ((d, s), m)).unzip();
+            let published = match self.declare_reply_queue(&queue).await {
+                Ok(()) => inner.transport.publish_batch(&queue, messages).await,
+                Err(e) => Err(e),
+            };
+            match published {
+                Ok(()) => {
+                    for (delivery, span) in settles {
+                        if let Err(e) = delivery.ack().await {
+                            // The broker will redeliver; the barrier replays the answer.
+                            span.in_scope(|| tracing::warn!(error = %e, "ack failed"));
+                        }
+                        replied += 1;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(messaging.destination.name = %queue, error = %e, "publishing replies failed; requeueing their commands");
+                    for (delivery, span) in settles {
+                        span.record("tcc.outcome", "requeued");
+                        requeue_now(delivery).await;
+                        requeued += 1;
+                    }
+                }
+            }
+        }
+        (replied, requeued)
+    }
+
+    async fn declare_reply_queue(&self, queue: &str) -> Result<(), kessai_transport::Error> {
+        let inner = &self.inner;
+        if inner.declared.lock().map(|d| d.contains(queue)).unwrap_or(false) {
+            return Ok(());
+        }
+        inner.transport.declare(queue).await?;
+        if let Ok(mut declared) = inner.declared.lock() {
+            declared.insert(queue.to_owned());
+        }
+        Ok(())
+    }
+
+    /// Requeues after `retry_delay` without holding up the worker.
+    fn requeue_later(&self, delivery: Delivery) {
+        let delay = self.inner.config.retry_delay;
+        self.inner.delayed.spawn(async move {
+            tokio::time::sleep(delay).await;
+            requeue_now(delivery).await;
+        });
+    }
+}
+
+/// SQLite: `BEGIN IMMEDIATE`, taking the write lock up front so a batch never fails
+/// half-way on a lock upgrade. PostgreSQL ignores the mode.
+async fn begin_batch(db: &DatabaseConnection) -> Result<DatabaseTransaction, sea_orm::DbErr> {
+    db.begin_with_options(TransactionOptions {
+        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+        ..Default::default()
+    })
+    .await
+}
+
+async fn commit_batch(txn: DatabaseTransaction) -> Result<(), sea_orm::DbErr> {
+    txn.commit().await
+}
+
+fn record_outcome(span: &Span, outcome: &Outcome) {
+    let label = match outcome {
+        Outcome::Ok => "ok",
+        Outcome::Rejected { .. } => "rejected",
+        Outcome::Retryable { .. } => "retryable",
+    };
+    span.record("tcc.outcome", label);
+}
+
+async fn dead_letter(delivery: Delivery, reason: &str, span: &Span) {
+    span.record("tcc.outcome", "dead_lettered");
+    span.in_scope(|| tracing::warn!(reason, "dead-lettering a command"));
+    if let Err(e) = delivery.dead_letter(reason).await {
+        // Unsettled, so the broker redelivers it and it is dead-lettered again.
+        span.in_scope(|| tracing::error!(error = %e, "dead-lettering failed"));
+    }
+}
+
+async fn requeue_now(delivery: Delivery) {
+    if let Err(e) = delivery.requeue().await {
+        // Dropped unsettled instead: the broker redelivers it all the same.
+        tracing::warn!(error = %e, "requeue failed");
+    }
+}
+
+async fn requeue_all<T>(pending: Vec<Pending<T>>) {
+    for p in pending {
+        p.span.record("tcc.outcome", "requeued");
+        requeue_now(p.delivery).await;
+    }
+}
+
+/// Sleeps unless cancelled first; `true` if cancelled.
+async fn sleep_or_cancel(duration: Duration, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => true,
+        _ = tokio::time::sleep(duration) => false,
+    }
+}
+
+/// Capped exponential backoff for batch-level failures.
+struct Backoff {
+    first: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    fn new(config: &RuntimeConfig) -> Self {
+        Self {
+            first: config.error_backoff,
+            max: config.max_error_backoff.max(config.error_backoff),
+            next: config.error_backoff,
+        }
+    }
+
+    fn next(&mut self) -> Duration {
+        let current = self.next;
+        self.next = (self.next * 2).min(self.max);
+        current
+    }
+
+    fn reset(&mut self) {
+        self.next = self.first;
+    }
+}

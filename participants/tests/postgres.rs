@@ -1,0 +1,259 @@
+//! The barrier and the ledgers under concurrent PostgreSQL transactions: duplicate
+//! commands racing each other, a try racing its own cancel, many tries racing for the
+//! same wallet. SQLite has one writer, so only PostgreSQL can show these races.
+//!
+//! Runs when `KESSAI_TEST_POSTGRES_URL` names a server where the user may create
+//! databases (e.g. `postgres:///postgres?host=/var/run/postgresql`); each test gets a
+//! database of its own, dropped at the end. Without it the tests pass vacuously.
+
+mod common;
+
+use common::{command, eur};
+use kessai_messages::payment::BALANCE;
+use kessai_messages::{Envelope, Operation, Outcome, SagaId};
+use kessai_migrations::{Service, connect, open};
+use kessai_participants::balance::WalletSeed;
+use kessai_participants::{BalanceParticipant, Error, ParticipantRuntime, RuntimeConfig, handle_command};
+use kessai_transport::{ConsumeOptions, MemoryTransport, OutgoingMessage, Topology, Transport};
+use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+const OPENING: i64 = 1_000;
+
+struct PgDb {
+    admin: DatabaseConnection,
+    name: String,
+    db: DatabaseConnection,
+}
+
+impl PgDb {
+    async fn spawn() -> Option<Self> {
+        let Ok(admin_url) = std::env::var("KESSAI_TEST_POSTGRES_URL") else {
+            eprintln!("KESSAI_TEST_POSTGRES_URL not set: skipping");
+            return None;
+        };
+        let admin = connect(&admin_url, 1).await.expect("admin connection");
+        let name = format!("kessai_participants_{}", uuid::Uuid::new_v4().simple());
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create database");
+        let url = with_database(&admin_url, &name);
+        let db = open(&url, Service::Balance, 16).await.expect("open and migrate");
+        BalanceParticipant::seed(
+            &db,
+            (1..=4).map(|i| WalletSeed {
+                account_id: format!("acct-{i}"),
+                currency: eur(),
+                opening: OPENING,
+            }),
+        )
+        .await
+        .unwrap();
+        Some(Self { admin, name, db })
+    }
+
+    async fn drop_db(self) {
+        self.db.close().await.ok();
+        self.admin
+            .execute_unprepared(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+            .await
+            .ok();
+    }
+}
+
+/// Replaces the database name in a `postgres://…/name?…` URL.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[scheme_end..].find('/').map_or(base.len(), |i| scheme_end + i);
+    let mut out = format!("{}/{}", &base[..path_start], name);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+fn cmd(saga: SagaId, account: &str, op: Operation, amount: i64) -> Envelope {
+    command(
+        BALANCE,
+        saga,
+        0,
+        op,
+        1,
+        json!({"account_id": account, "amount": amount, "currency": "EUR"}),
+    )
+}
+
+/// One command in its own transaction, retried the way a redelivery would be when
+/// the database reports a conflict (serialisation, a duplicate key from a racing twin).
+async fn apply(db: &DatabaseConnection, envelope: &Envelope) -> Outcome {
+    for _ in 0..50 {
+        let txn = db.begin().await.unwrap();
+        match handle_command(&BalanceParticipant, &txn, envelope).await {
+            Ok(outcome) => match txn.commit().await {
+                Ok(()) => return outcome,
+                Err(_) => continue,
+            },
+            Err(e) if e.is_retryable() => {
+                txn.rollback().await.ok();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(e) => panic!("permanent error: {e}"),
+        }
+    }
+    panic!("command never went through");
+}
+
+async fn wallet(db: &DatabaseConnection, account: &str) -> (i64, i64) {
+    let w = BalanceParticipant::wallet(db, account).await.unwrap().unwrap();
+    (w.available, w.frozen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_duplicates_take_effect_once() {
+    let Some(pg) = PgDb::spawn().await else {
+        return;
+    };
+    let db = pg.db.clone();
+    for _ in 0..20 {
+        let saga = SagaId::new();
+        for op in [Operation::Try, Operation::Confirm] {
+            let envelope = cmd(saga, "acct-1", op, 5);
+            let mut set = tokio::task::JoinSet::new();
+            for _ in 0..4 {
+                let (db, envelope) = (db.clone(), envelope.clone());
+                set.spawn(async move { apply(&db, &envelope).await });
+            }
+            while let Some(outcome) = set.join_next().await {
+                assert_eq!(outcome.unwrap(), Outcome::Ok);
+            }
+        }
+    }
+    assert_eq!(wallet(&db, "acct-1").await, (OPENING - 100, 0));
+    let audit = BalanceParticipant::audit(&db).await.unwrap();
+    assert_eq!(audit.moved, 100);
+    assert!(audit.is_consistent());
+    pg.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn try_racing_its_cancel_never_leaks_a_freeze() {
+    let Some(pg) = PgDb::spawn().await else {
+        return;
+    };
+    let db = pg.db.clone();
+    for _ in 0..40 {
+        let saga = SagaId::new();
+        let (try_db, cancel_db) = (db.clone(), db.clone());
+        let t = tokio::spawn(async move { apply(&try_db, &cmd(saga, "acct-2", Operation::Try, 7)).await });
+        let c = tokio::spawn(async move { apply(&cancel_db, &cmd(saga, "acct-2", Operation::Cancel, 7)).await });
+        let (tried, cancelled) = (t.await.unwrap(), c.await.unwrap());
+        assert_eq!(cancelled, Outcome::Ok);
+        assert!(matches!(tried, Outcome::Ok | Outcome::Rejected { .. }), "{tried:?}");
+    }
+    // Whichever won each race, nothing stays frozen and nothing moved.
+    assert_eq!(wallet(&db, "acct-2").await, (OPENING, 0));
+    let audit = BalanceParticipant::audit(&db).await.unwrap();
+    assert_eq!(audit.reserved_by_holds(), 0);
+    assert_eq!(audit.moved, 0);
+    assert!(audit.is_consistent());
+    pg.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_tries_never_overdraw() {
+    let Some(pg) = PgDb::spawn().await else {
+        return;
+    };
+    let db = pg.db.clone();
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..30 {
+        let db = db.clone();
+        // 30 × 60 = 1800 asked of a 1000 wallet: exactly 16 fit.
+        set.spawn(async move { apply(&db, &cmd(SagaId::new(), "acct-3", Operation::Try, 60)).await });
+    }
+    let mut ok = 0;
+    while let Some(outcome) = set.join_next().await {
+        match outcome.unwrap() {
+            Outcome::Ok => ok += 1,
+            Outcome::Rejected { reason } => assert_eq!(reason, "insufficient funds"),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(ok, 16);
+    assert_eq!(wallet(&db, "acct-3").await, (OPENING - 960, 960));
+    pg.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn runtime_with_several_workers() {
+    let Some(pg) = PgDb::spawn().await else {
+        return;
+    };
+    let transport = MemoryTransport::new();
+    let queue = Topology::default().command_queue(BALANCE);
+    transport.declare(&queue).await.unwrap();
+    let config = RuntimeConfig {
+        workers: 4,
+        batch_size: 8,
+        poll_wait: Duration::from_millis(50),
+        retry_delay: Duration::from_millis(10),
+        ..RuntimeConfig::default()
+    };
+    let runtime =
+        ParticipantRuntime::with_config(BalanceParticipant, pg.db.clone(), Arc::new(transport.clone()), config);
+    let cancel = CancellationToken::new();
+    let handle = tokio::spawn(runtime.run(cancel.clone()));
+    let sagas: Vec<SagaId> = (0..200).map(|_| SagaId::new()).collect();
+    // Every command twice, and each saga's wallet shared with many others.
+    for _ in 0..2 {
+        for (i, s) in sagas.iter().enumerate() {
+            let e = cmd(*s, &format!("acct-{}", i % 4 + 1), Operation::Try, 1);
+            transport
+                .publish(&queue, OutgoingMessage::new(e.encode()))
+                .await
+                .unwrap();
+        }
+    }
+    let mut consumer = transport
+        .consume(common::REPLY_QUEUE, ConsumeOptions::default())
+        .await
+        .unwrap();
+    let mut replies = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while replies < 400 {
+        assert!(tokio::time::Instant::now() < deadline, "only {replies} replies");
+        for d in consumer.next_batch(400).await.unwrap() {
+            let reply = Envelope::decode(&d.payload).unwrap();
+            assert_eq!(reply.as_reply().unwrap().outcome, Outcome::Ok);
+            d.ack().await.unwrap();
+            replies += 1;
+        }
+    }
+    cancel.cancel();
+    let result: Result<(), Error> = handle.await.unwrap();
+    result.unwrap();
+    let audit = BalanceParticipant::audit(&pg.db).await.unwrap();
+    assert_eq!(audit.reserved, 200);
+    assert_eq!(audit.barrier_records, 200);
+    assert!(audit.is_consistent());
+    pg.drop_db().await;
+}
+
+#[test]
+fn database_name_is_replaced_in_urls() {
+    assert_eq!(
+        with_database("postgres:///postgres?host=/var/run/postgresql", "x"),
+        "postgres:///x?host=/var/run/postgresql"
+    );
+    assert_eq!(
+        with_database("postgres://u:p@h:5432/db", "x"),
+        "postgres://u:p@h:5432/x"
+    );
+    assert_eq!(with_database("postgres://h", "x"), "postgres://h/x");
+}

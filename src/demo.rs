@@ -1,0 +1,279 @@
+//! `kessai demo`: the embedded stack under a payment workload, then the invariants.
+
+use crate::invariants::{self, InvariantReport, Resubmission, SagaOutcome};
+use crate::stack::{DatabaseUrls, EmbeddedStack, StackConfig};
+use anyhow::{Context, bail};
+use kessai_coordinator::{Coordinator, CoordinatorConfig, SagaState, SystemClock};
+use kessai_messages::payment::DEFAULT_SETTLEMENT_ACCOUNT;
+use kessai_messages::{Currency, Payment, SagaId};
+use kessai_participants::RuntimeConfig;
+use kessai_participants::ledger::{DEMO_ACCOUNTS, FROZEN_SETTLEMENT_ACCOUNT, demo_account_id, demo_card_id};
+use kessai_transport::{MemoryTransport, Transport};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long one payment may take before the demo calls the run a failure.
+const PAYMENT_PATIENCE: Duration = Duration::from_secs(120);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    Memory,
+    Amqp,
+    Sqs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Clone, Debug)]
+pub struct DemoOptions {
+    pub payments: u64,
+    pub fail_rate: f64,
+    pub concurrency: usize,
+    pub transport: TransportKind,
+    pub store: StoreKind,
+    pub data_dir: Option<PathBuf>,
+    pub seed: u64,
+    pub progress: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DemoSummary {
+    pub submitted: u64,
+    pub confirmed: u64,
+    pub cancelled: u64,
+    pub stuck: u64,
+    pub unfinished: u64,
+    pub invariants_ok: bool,
+    pub elapsed_s: f64,
+    pub sagas_per_s: f64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub concurrency: usize,
+    pub fail_rate: f64,
+    pub transport: TransportKind,
+    pub store: StoreKind,
+    pub data_dir: String,
+    pub invariants: InvariantReport,
+}
+
+/// One generated payment and whether the demo routed it to fail.
+fn payments(opts: &DemoOptions, run: &str) -> Vec<Payment> {
+    let mut rng = SmallRng::seed_from_u64(opts.seed);
+    let eur = Currency::new("EUR").expect("valid code");
+    (0..opts.payments)
+        .map(|i| {
+            let fail = rng.random_bool(opts.fail_rate);
+            Payment {
+                payment_id: format!("demo-{run}-{i}"),
+                account_id: demo_account_id(rng.random_range(1..=DEMO_ACCOUNTS)),
+                card_id: demo_card_id(rng.random_range(1..=DEMO_ACCOUNTS)),
+                amount: rng.random_range(100..=50_000),
+                currency: eur.clone(),
+                // The bank refuses transfers from a frozen settlement account: a real
+                // business rejection at the bank's try, not a test hook.
+                settlement_account: if fail {
+                    FROZEN_SETTLEMENT_ACCOUNT
+                } else {
+                    DEFAULT_SETTLEMENT_ACCOUNT
+                }
+                .to_owned(),
+            }
+        })
+        .collect()
+}
+
+pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
+    if opts.transport != TransportKind::Memory || opts.store != StoreKind::Sqlite {
+        bail!(
+            "--transport {:?} --store {:?} is not available in this build yet: the demo runs on --transport memory --store sqlite",
+            opts.transport,
+            opts.store
+        );
+    }
+    let temp;
+    let dir = match &opts.data_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            d.clone()
+        }
+        None => {
+            temp = tempfile::Builder::new().prefix("kessai-demo-").tempdir()?;
+            temp.path().to_path_buf()
+        }
+    };
+    let transport: Arc<dyn Transport> = Arc::new(MemoryTransport::new());
+    let config = StackConfig {
+        urls: DatabaseUrls::sqlite(&dir),
+        coordinator: CoordinatorConfig::default(),
+        participant: RuntimeConfig::default(),
+        clock: Arc::new(SystemClock),
+        max_connections: 8,
+    };
+    let stack = EmbeddedStack::start(config, transport).await?;
+    let result = drive(&stack, &opts).await;
+    let ended = stack.shutdown().await;
+    for (task, r) in ended {
+        if let Err(e) = r {
+            tracing::warn!(task, error = %e, "task ended with an error");
+        }
+    }
+    let mut summary = result?;
+    summary.data_dir = dir.display().to_string();
+    Ok(summary)
+}
+
+async fn drive(stack: &EmbeddedStack, opts: &DemoOptions) -> anyhow::Result<DemoSummary> {
+    let run_id = SagaId::new().to_string()[..8].to_owned();
+    let work = Arc::new(payments(opts, &run_id));
+    let next = Arc::new(AtomicUsize::new(0));
+    let bar = progress_bar(opts);
+    let started = Instant::now();
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..opts.concurrency.min(work.len().max(1)) {
+        let (coordinator, work, next, bar) = (stack.coordinator().clone(), work.clone(), next.clone(), bar.clone());
+        clients.spawn(async move { client(coordinator, work, next, bar).await });
+    }
+    let mut latencies = Vec::with_capacity(work.len());
+    let mut acknowledged: Vec<(usize, SagaId)> = Vec::with_capacity(work.len());
+    while let Some(r) = clients.join_next().await {
+        let (lat, ids) = r.context("client task")??;
+        latencies.extend(lat);
+        acknowledged.extend(ids);
+    }
+    acknowledged.sort_unstable();
+    let elapsed = started.elapsed();
+    bar.finish_and_clear();
+
+    // Resubmitting acknowledged payments must create nothing new.
+    let mut resubmissions = Vec::new();
+    for &(i, first) in acknowledged.iter().take(10) {
+        let again = stack.coordinator().submit_payment(&work[i], None).await?;
+        resubmissions.push(Resubmission {
+            first,
+            again: again.saga_id,
+            created: again.created,
+        });
+    }
+
+    // Quiescence: every in-flight duplicate consumed, so the books are final.
+    wait_quiet(stack).await;
+    let acknowledged: Vec<SagaId> = acknowledged.into_iter().map(|(_, id)| id).collect();
+    let report = check(stack, &acknowledged, &resubmissions).await?;
+    let (by_state, stuck) = kessai_coordinator::store::counts(stack.coordinator().db()).await?;
+    let count = |s: SagaState| by_state.get(&s).copied().unwrap_or(0);
+    latencies.sort_unstable();
+    let pct = |q: f64| -> f64 {
+        if latencies.is_empty() {
+            return 0.0;
+        }
+        let i = ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1;
+        latencies[i].as_secs_f64() * 1000.0
+    };
+    Ok(DemoSummary {
+        submitted: acknowledged.len() as u64,
+        confirmed: count(SagaState::Confirmed),
+        cancelled: count(SagaState::Cancelled),
+        stuck,
+        unfinished: count(SagaState::Trying) + count(SagaState::Confirming) + count(SagaState::Cancelling),
+        invariants_ok: report.ok(),
+        elapsed_s: elapsed.as_secs_f64(),
+        sagas_per_s: acknowledged.len() as f64 / elapsed.as_secs_f64().max(1e-9),
+        p50_ms: pct(0.50),
+        p95_ms: pct(0.95),
+        p99_ms: pct(0.99),
+        max_ms: pct(1.0),
+        concurrency: opts.concurrency,
+        fail_rate: opts.fail_rate,
+        transport: opts.transport,
+        store: opts.store,
+        data_dir: String::new(),
+        invariants: report,
+    })
+}
+
+/// Latencies, and (payment index, saga id) of every acknowledged submission.
+type ClientResult = anyhow::Result<(Vec<Duration>, Vec<(usize, SagaId)>)>;
+
+/// One client: submit, wait for the outcome, next.
+async fn client(
+    coordinator: Coordinator,
+    work: Arc<Vec<Payment>>,
+    next: Arc<AtomicUsize>,
+    bar: indicatif::ProgressBar,
+) -> ClientResult {
+    let mut latencies = Vec::new();
+    let mut ids = Vec::new();
+    loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let Some(p) = work.get(i) else { break };
+        let t0 = Instant::now();
+        let submitted = coordinator.submit_payment(p, None).await?;
+        let state = coordinator.wait(submitted.saga_id, PAYMENT_PATIENCE).await?;
+        if !state.is_some_and(SagaState::is_terminal) {
+            bail!(
+                "payment {} not finished after {PAYMENT_PATIENCE:?} (state {state:?})",
+                p.payment_id
+            );
+        }
+        latencies.push(t0.elapsed());
+        ids.push((i, submitted.saga_id));
+        bar.inc(1);
+    }
+    Ok((latencies, ids))
+}
+
+fn progress_bar(opts: &DemoOptions) -> indicatif::ProgressBar {
+    if !opts.progress {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(opts.payments);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} payments ({per_sec}, eta {eta})",
+        )
+        .expect("valid template"),
+    );
+    bar
+}
+
+/// Waits (bounded) until no command or reply is queued or being handled.
+async fn wait_quiet(stack: &EmbeddedStack) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let db = stack.coordinator().db();
+    while Instant::now() < deadline {
+        let outbox = kessai_coordinator::store::outbox_len(db).await.unwrap_or(1);
+        let queued = stack.queued_messages().await;
+        if outbox == 0 && queued == Some(0) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Reads the coordinator's outcomes and every participant's books, checks SPEC §4.
+pub async fn check(
+    stack: &EmbeddedStack,
+    acknowledged: &[SagaId],
+    resubmissions: &[Resubmission],
+) -> anyhow::Result<InvariantReport> {
+    let outcomes: Vec<SagaOutcome> = kessai_coordinator::store::outcomes(stack.coordinator().db())
+        .await?
+        .into_iter()
+        .map(|(id, state, request)| SagaOutcome::from_row(id, state, &request))
+        .collect();
+    let audits = stack.audits().await?;
+    Ok(invariants::check_all(&outcomes, &audits, acknowledged, resubmissions))
+}

@@ -1,0 +1,250 @@
+//! # kessai-transport — the queue seam
+//!
+//! At-least-once queues with explicit acknowledgement, behind one trait so the
+//! coordinator and the participant runtime never know which broker they run on.
+//!
+//! ## Layout
+//! - this file: the [`Transport`] and [`Consumer`] traits, [`Delivery`] (a received
+//!   message that must be settled: ack, requeue or dead-letter), [`OutgoingMessage`],
+//!   the crate [`Error`] (which says whether a failure is retryable), and queue naming
+//!   ([`Topology`]).
+//! - [`memory`]: the in-process transport used by the embedded stack and the tests.
+//! - [`amqp`]: RabbitMQ through lapin — publisher confirms, durable queues, manual
+//!   acks, reconnection with backoff.
+//! - [`sqs`]: Amazon SQS through aws-sdk-sqs — long polling, delete-on-ack, a
+//!   visibility heartbeat per unsettled delivery, a redrive policy to `<queue>-dlq`.
+//! - [`testing`]: the skip-or-fail rule for tests that need a real service
+//!   (`KESSAI_REQUIRE_SERVICES=1`) and the broker lock outage tests take.
+//!
+//! Data flows one way per queue: a producer calls [`Transport::publish`]; a consumer
+//! task loops on [`Consumer::next_batch`], handles each [`Delivery`] and settles it.
+//!
+//! ## The contract every adapter keeps
+//! - `publish` returns only when the broker has taken responsibility for the message
+//!   (AMQP publisher confirm, SQS `SendMessage` answer, an in-memory push). A caller that
+//!   gets an error must assume the message may or may not have been sent.
+//! - A delivery stays owned by its consumer until it is settled. One that is dropped
+//!   unsettled — its consumer task died, panicked or was aborted — is redelivered with
+//!   `redelivered = true`.
+//! - `dead_letter(reason)` moves a message to `<queue>-dlq` with the reason in the
+//!   [`DEAD_LETTER_REASON`] header, then settles the original; it is never lost.
+//! - Ordering is not guaranteed (SQS standard queues and redeliveries reorder); kessai's
+//!   protocol does not rely on it.
+
+pub mod amqp;
+pub mod memory;
+pub mod sqs;
+pub mod testing;
+
+use async_trait::async_trait;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+pub use amqp::{AmqpConfig, AmqpTransport};
+pub use memory::MemoryTransport;
+pub use sqs::{SqsConfig, SqsTransport};
+
+/// Header naming why a message was dead-lettered.
+pub const DEAD_LETTER_REASON: &str = "x-kessai-dead-letter-reason";
+/// Header naming the queue a dead-lettered message came from.
+pub const DEAD_LETTER_SOURCE: &str = "x-kessai-dead-letter-source";
+
+pub type Headers = BTreeMap<String, String>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The broker is unreachable or refused for now: try again later.
+    #[error("transport unavailable: {0}")]
+    Unavailable(String),
+    /// The broker refused the message (AMQP nack, SQS error on that entry).
+    #[error("message not accepted by the broker: {0}")]
+    NotAccepted(String),
+    /// The transport was shut down; no more deliveries will come.
+    #[error("transport closed")]
+    Closed,
+    /// Misconfiguration: retrying cannot help.
+    #[error("transport misconfigured: {0}")]
+    Config(String),
+}
+
+impl Error {
+    /// Whether the same call may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Unavailable(_) | Error::NotAccepted(_))
+    }
+}
+
+/// A message to publish.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OutgoingMessage {
+    pub payload: Vec<u8>,
+    /// Broker-level headers (AMQP headers, SQS message attributes). kessai copies the
+    /// trace context here so brokers' own tools can see it.
+    pub headers: Headers,
+}
+
+impl OutgoingMessage {
+    pub fn new(payload: Vec<u8>) -> Self {
+        Self {
+            payload,
+            headers: Headers::new(),
+        }
+    }
+}
+
+/// How a consumer wants its deliveries.
+#[derive(Clone, Debug)]
+pub struct ConsumeOptions {
+    /// Most unsettled deliveries this consumer holds at once (AMQP `basic_qos`).
+    pub prefetch: u16,
+    /// How long `next_batch` waits for a first message before returning empty, so a
+    /// loop can notice cancellation. SQS long polls up to this (max 20 s).
+    pub poll_wait: Duration,
+}
+
+impl Default for ConsumeOptions {
+    fn default() -> Self {
+        Self {
+            prefetch: 256,
+            poll_wait: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A broker, seen from kessai.
+#[async_trait]
+pub trait Transport: Send + Sync + 'static {
+    /// `memory`, `amqp` or `sqs`: the OpenTelemetry `messaging.system`.
+    fn system(&self) -> &'static str;
+
+    /// Creates `queue` and its dead-letter queue if missing. Idempotent.
+    async fn declare(&self, queue: &str) -> Result<(), Error>;
+
+    /// Publishes one message durably (see the crate docs).
+    async fn publish(&self, queue: &str, message: OutgoingMessage) -> Result<(), Error>;
+
+    /// Publishes several messages; `Ok` means all were accepted. On `Err` some may
+    /// have been: at-least-once, so the caller resends them all.
+    async fn publish_batch(&self, queue: &str, messages: Vec<OutgoingMessage>) -> Result<(), Error> {
+        for m in messages {
+            self.publish(queue, m).await?;
+        }
+        Ok(())
+    }
+
+    /// Messages in `queue` that are waiting or delivered but unsettled, if the broker
+    /// can tell (used to wait for quiescence; approximate on SQS).
+    async fn pending(&self, queue: &str) -> Result<Option<u64>, Error> {
+        let _ = queue;
+        Ok(None)
+    }
+
+    /// Starts consuming `queue`.
+    async fn consume(&self, queue: &str, options: ConsumeOptions) -> Result<Box<dyn Consumer>, Error>;
+}
+
+/// A subscription to one queue.
+#[async_trait]
+pub trait Consumer: Send {
+    /// Waits up to the `poll_wait` of its options for a first delivery, then returns
+    /// it with any others already available, `max` at most. Empty when nothing came.
+    ///
+    /// An error that [`Error::is_retryable`] means the broker is away for now: the
+    /// consumer reconnects by itself on the next call, so log and call again (the
+    /// real adapters spend up to `poll_wait` before returning it, so a loop that
+    /// retries at once does not spin). Any other error is permanent (e.g. the queue
+    /// does not exist).
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<Delivery>, Error>;
+}
+
+/// How a delivery is settled; each adapter implements it.
+#[async_trait]
+pub trait Settle: Send + Sync {
+    async fn ack(self: Box<Self>) -> Result<(), Error>;
+    async fn requeue(self: Box<Self>) -> Result<(), Error>;
+    async fn dead_letter(self: Box<Self>, reason: &str) -> Result<(), Error>;
+}
+
+/// A received message. Settle it exactly once; dropping it unsettled makes the
+/// broker redeliver it.
+pub struct Delivery {
+    pub payload: Vec<u8>,
+    pub headers: Headers,
+    /// The broker delivered this message before (to this or another consumer).
+    pub redelivered: bool,
+    settle: Box<dyn Settle>,
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("len", &self.payload.len())
+            .field("headers", &self.headers)
+            .field("redelivered", &self.redelivered)
+            .finish()
+    }
+}
+
+impl Delivery {
+    pub fn new(payload: Vec<u8>, headers: Headers, redelivered: bool, settle: Box<dyn Settle>) -> Self {
+        Self {
+            payload,
+            headers,
+            redelivered,
+            settle,
+        }
+    }
+
+    /// Call only after the message's effects are durably committed.
+    pub async fn ack(self) -> Result<(), Error> {
+        self.settle.ack().await
+    }
+
+    /// Hands the message back for redelivery (a retryable failure).
+    pub async fn requeue(self) -> Result<(), Error> {
+        self.settle.requeue().await
+    }
+
+    /// Moves the message to the dead-letter queue with `reason` (a permanent failure).
+    pub async fn dead_letter(self, reason: &str) -> Result<(), Error> {
+        self.settle.dead_letter(reason).await
+    }
+}
+
+/// Queue names. The prefix lets several kessai installs share one broker.
+#[derive(Clone, Debug)]
+pub struct Topology {
+    pub prefix: String,
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Self {
+            prefix: "kessai".into(),
+        }
+    }
+}
+
+impl Topology {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self { prefix: prefix.into() }
+    }
+    /// Where `participant` receives its commands.
+    pub fn command_queue(&self, participant: &str) -> String {
+        format!("{}-{}-commands", self.prefix, participant)
+    }
+    /// Where the coordinators receive replies.
+    pub fn reply_queue(&self) -> String {
+        format!("{}-coordinator-replies", self.prefix)
+    }
+    /// The dead-letter queue of `queue`.
+    pub fn dead_letter_queue(queue: &str) -> String {
+        dead_letter_queue(queue)
+    }
+}
+
+/// The dead-letter queue of `queue`.
+pub fn dead_letter_queue(queue: &str) -> String {
+    format!("{queue}-dlq")
+}
