@@ -18,6 +18,12 @@ pub enum Command {
     /// Run the coordinator and the three reference participants in one process, submit
     /// payments, wait for them, check the invariants and report.
     Demo(DemoArgs),
+    /// Run the coordinator as its own process (config file + KESSAI_* environment),
+    /// with /healthz and the HTTP API on http.listen. Stops gracefully on SIGTERM.
+    Coordinator(crate::service::CoordinatorArgs),
+    /// Run one reference participant as its own process, with /healthz on http.listen.
+    /// Stops gracefully on SIGTERM.
+    Participant(crate::service::ParticipantArgs),
 }
 
 #[derive(Debug, Args)]
@@ -44,6 +50,9 @@ pub struct DemoArgs {
     /// Print one JSON object instead of the summary.
     #[arg(long)]
     pub json: bool,
+    /// TOML config for broker and database settings (then `KESSAI_*` env vars).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
 }
 
 fn parse_positive_u64(s: &str) -> Result<u64, String> {
@@ -73,6 +82,8 @@ fn parse_rate(s: &str) -> Result<f64, String> {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Demo(args) => run_demo(args).await,
+        Command::Coordinator(args) => crate::service::run_coordinator(args).await,
+        Command::Participant(args) => crate::service::run_participant(args).await,
     }
 }
 
@@ -87,6 +98,7 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         data_dir: args.data_dir,
         seed: args.seed,
         progress: std::io::stderr().is_terminal(),
+        config: crate::config::Config::load(args.config.as_deref())?,
     })
     .await?;
     if json {

@@ -1,17 +1,18 @@
 //! `kessai demo`: the embedded stack under a payment workload, then the invariants.
 
+use crate::config::Config;
 use crate::invariants::{self, InvariantReport, Resubmission, SagaOutcome};
 use crate::stack::{DatabaseUrls, EmbeddedStack, StackConfig};
 use anyhow::{Context, bail};
-use kessai_coordinator::{Coordinator, CoordinatorConfig, SagaState, SystemClock};
+use kessai_coordinator::{Coordinator, SagaState, SystemClock};
 use kessai_messages::payment::DEFAULT_SETTLEMENT_ACCOUNT;
 use kessai_messages::{Currency, Payment, SagaId};
-use kessai_participants::RuntimeConfig;
+use kessai_participants::ReferenceParticipant;
 use kessai_participants::ledger::{DEMO_ACCOUNTS, FROZEN_SETTLEMENT_ACCOUNT, demo_account_id, demo_card_id};
-use kessai_transport::{MemoryTransport, Transport};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use serde::Serialize;
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 /// How long one payment may take before the demo calls the run a failure.
 const PAYMENT_PATIENCE: Duration = Duration::from_secs(120);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TransportKind {
     Memory,
@@ -28,7 +29,7 @@ pub enum TransportKind {
     Sqs,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreKind {
     Sqlite,
@@ -45,6 +46,8 @@ pub struct DemoOptions {
     pub data_dir: Option<PathBuf>,
     pub seed: u64,
     pub progress: bool,
+    /// Broker and database settings (URLs, credentials); the flags above win.
+    pub config: Config,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -96,34 +99,76 @@ fn payments(opts: &DemoOptions, run: &str) -> Vec<Payment> {
 }
 
 pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
-    if opts.transport != TransportKind::Memory || opts.store != StoreKind::Sqlite {
-        bail!(
-            "--transport {:?} --store {:?} is not available in this build yet: the demo runs on --transport memory --store sqlite",
-            opts.transport,
-            opts.store
-        );
-    }
+    let run_id = SagaId::new().to_string()[..8].to_owned();
+    let mut config = opts.config.clone();
+    config.transport.kind = opts.transport;
+    config.store.kind = opts.store;
+    // A fresh queue namespace per run: a message left over from an earlier run can
+    // never reach this run's participants.
+    config.queue_prefix = format!("{}-demo-{run_id}", config.queue_prefix);
     let temp;
-    let dir = match &opts.data_dir {
-        Some(d) => {
-            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-            d.clone()
+    let urls = match opts.store {
+        StoreKind::Sqlite => {
+            let dir = match &opts.data_dir {
+                Some(d) => d.clone(),
+                None => {
+                    temp = tempfile::Builder::new().prefix("kessai-demo-").tempdir()?;
+                    temp.path().to_path_buf()
+                }
+            };
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            DatabaseUrls::sqlite(&dir)
         }
-        None => {
-            temp = tempfile::Builder::new().prefix("kessai-demo-").tempdir()?;
-            temp.path().to_path_buf()
+        StoreKind::Postgres => {
+            // The demo starts from empty books: its databases are dropped and recreated.
+            config.store.database_prefix = format!("{}_demo", config.store.database_prefix);
+            let server = config.store.postgres_url.expose_secret().to_owned();
+            let mut names = vec!["coordinator"];
+            names.extend(ReferenceParticipant::ALL.iter().map(|p| p.name()));
+            for n in &names {
+                let db = format!("{}_{}", config.store.database_prefix, n.replace('-', "_"));
+                kessai_migrations::drop_postgres_database(&server, &db)
+                    .await
+                    .with_context(|| format!("resetting database {db} on the configured PostgreSQL server"))?;
+            }
+            let mut urls = DatabaseUrls {
+                coordinator: config.database_url("coordinator").await?,
+                participants: Default::default(),
+            };
+            for p in ReferenceParticipant::ALL {
+                urls.participants.insert(p.name(), config.database_url(p.name()).await?);
+            }
+            urls
         }
     };
-    let transport: Arc<dyn Transport> = Arc::new(MemoryTransport::new());
-    let config = StackConfig {
-        urls: DatabaseUrls::sqlite(&dir),
-        coordinator: CoordinatorConfig::default(),
-        participant: RuntimeConfig::default(),
+    let where_ = match opts.store {
+        StoreKind::Sqlite => urls
+            .coordinator
+            .trim_start_matches("sqlite://")
+            .trim_end_matches("?mode=rwc")
+            .to_owned(),
+        StoreKind::Postgres => format!("databases {}_*", config.store.database_prefix),
+    };
+    let transport = config.transport().await?;
+    let mut coordinator = config.coordinator_config();
+    let mut participant = config.participant_config();
+    if opts.store == StoreKind::Postgres {
+        // Row locks, not a single writer: several consumers pay off. Participants
+        // commit each command on its own (PostgreSQL group-commits concurrent
+        // transactions itself), so two batches never lock accounts in opposite orders.
+        coordinator.reply_workers = coordinator.reply_workers.max(4);
+        participant.workers = participant.workers.max(8);
+        participant.batch_size = 1;
+    }
+    let stack_config = StackConfig {
+        urls,
+        coordinator,
+        participant,
         clock: Arc::new(SystemClock),
-        max_connections: 8,
+        max_connections: config.store.max_connections,
     };
-    let stack = EmbeddedStack::start(config, transport).await?;
-    let result = drive(&stack, &opts).await;
+    let stack = EmbeddedStack::start(stack_config, transport).await?;
+    let result = drive(&stack, &opts, &run_id).await;
     let ended = stack.shutdown().await;
     for (task, r) in ended {
         if let Err(e) = r {
@@ -131,13 +176,12 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         }
     }
     let mut summary = result?;
-    summary.data_dir = dir.display().to_string();
+    summary.data_dir = where_;
     Ok(summary)
 }
 
-async fn drive(stack: &EmbeddedStack, opts: &DemoOptions) -> anyhow::Result<DemoSummary> {
-    let run_id = SagaId::new().to_string()[..8].to_owned();
-    let work = Arc::new(payments(opts, &run_id));
+async fn drive(stack: &EmbeddedStack, opts: &DemoOptions, run_id: &str) -> anyhow::Result<DemoSummary> {
+    let work = Arc::new(payments(opts, run_id));
     let next = Arc::new(AtomicUsize::new(0));
     let bar = progress_bar(opts);
     let started = Instant::now();

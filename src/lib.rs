@@ -12,10 +12,21 @@
 //!   checks the invariants, reports.
 //! - [`invariants`]: SPEC §4 checked from the coordinator's outcomes and each
 //!   participant's own books.
+//! - [`service`]: `kessai coordinator` / `kessai participant <name>` — one service per
+//!   process: config → own database → transport (waiting for the broker) → run until
+//!   SIGTERM → graceful stop, reporting how each task ended.
+//! - [`health`]: `/healthz` (database and transport checks), served by every process.
+//! - [`http`]: the coordinator's HTTP API (`/v1/payments`, `/v1/sagas/{id}`), merged
+//!   into the health router by [`service`].
+//! - [`config`]: layered configuration (defaults ← TOML ← `KESSAI_*`).
 //! - [`telemetry`]: logging set-up (the OpenTelemetry layer will join it).
 
 pub mod cli;
+pub mod config;
 pub mod demo;
+pub mod health;
+pub mod http;
 pub mod invariants;
+pub mod service;
 pub mod stack;
 pub mod telemetry;

@@ -52,3 +52,40 @@ impl Clock for TokioClock {
         self.base_ms + self.start.elapsed().as_millis() as i64
     }
 }
+
+/// A clock that moves only when told to: tests drive deadlines and backoff with it
+/// while tokio's own timers run in real time.
+///
+/// (Tokio's paused clock is no substitute here: it auto-advances whenever every task
+/// is waiting, and with SQLite every query is such a wait — sqlx runs SQLite on its
+/// own thread — so paused time leaps ahead by whole timeouts mid-transaction.)
+#[derive(Clone, Debug)]
+pub struct ManualClock {
+    now: std::sync::Arc<std::sync::atomic::AtomicI64>,
+}
+
+impl ManualClock {
+    /// Starts at the current wall-clock time.
+    pub fn new() -> Self {
+        Self {
+            now: std::sync::Arc::new(std::sync::atomic::AtomicI64::new(system_now_ms())),
+        }
+    }
+
+    pub fn advance(&self, by: std::time::Duration) {
+        self.now
+            .fetch_add(by.as_millis() as i64, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Default for ManualClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> i64 {
+        self.now.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}

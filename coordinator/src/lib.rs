@@ -28,7 +28,7 @@ pub mod engine;
 pub mod machine;
 pub mod store;
 
-pub use clock::{Clock, SystemClock, TokioClock};
+pub use clock::{Clock, ManualClock, SystemClock, TokioClock};
 pub use engine::{Coordinator, CoordinatorConfig, CoordinatorTasks, Submitted};
 pub use machine::{Policy, SagaState};
 pub use store::{NewSaga, SagaView};

@@ -57,7 +57,12 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
         .acquire_timeout(Duration::from_secs(30));
     if url.starts_with("sqlite:") {
         use sea_orm_migration::sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+        // Waiting for the one connection is queueing behind the single writer, not a
+        // fault: no short acquire timeout (one would also fire spuriously in tests on
+        // tokio's paused clock, which jumps ahead while SQLite works on its thread).
         options
+            .connect_timeout(Duration::from_secs(3600))
+            .acquire_timeout(Duration::from_secs(3600))
             .max_connections(1)
             .min_connections(1)
             .idle_timeout(None)
@@ -84,4 +89,61 @@ pub async fn open(url: &str, service: Service, max_connections: u32) -> Result<D
     let db = connect(url, max_connections).await?;
     service.migrate(&db).await?;
     Ok(db)
+}
+
+/// `server` (`postgres://user@host:port`, no database) with `database` appended.
+pub fn postgres_database_url(server: &str, database: &str) -> String {
+    format!("{}/{}", server.trim_end_matches('/'), database)
+}
+
+fn check_database_name(database: &str) -> Result<(), DbErr> {
+    if database.is_empty()
+        || database.len() > 63
+        || !database
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(DbErr::Custom(format!(
+            "database name {database:?} must be 1-63 characters of a-z, 0-9 and _"
+        )));
+    }
+    Ok(())
+}
+
+/// Creates `database` on the PostgreSQL `server` if it does not exist. Setup, not a
+/// migration: a service's database must exist before its migrator can run.
+pub async fn ensure_postgres_database(server: &str, database: &str) -> Result<(), DbErr> {
+    use sea_orm_migration::sea_orm::{ConnectionTrait, Statement};
+    check_database_name(database)?;
+    let admin = connect(&postgres_database_url(server, "postgres"), 1).await?;
+    let exists = admin
+        .query_one_raw(Statement::from_sql_and_values(
+            sea_orm_migration::sea_orm::DbBackend::Postgres,
+            "SELECT 1 FROM pg_database WHERE datname = $1",
+            [database.into()],
+        ))
+        .await?
+        .is_some();
+    if !exists {
+        // Two processes may race here; losing the race is fine.
+        if let Err(e) = admin
+            .execute_unprepared(&format!("CREATE DATABASE \"{database}\""))
+            .await
+            && !e.to_string().contains("already exists")
+        {
+            return Err(e);
+        }
+    }
+    admin.close().await
+}
+
+/// Drops `database` on the PostgreSQL `server` if it exists (tests, `demo`).
+pub async fn drop_postgres_database(server: &str, database: &str) -> Result<(), DbErr> {
+    use sea_orm_migration::sea_orm::ConnectionTrait;
+    check_database_name(database)?;
+    let admin = connect(&postgres_database_url(server, "postgres"), 1).await?;
+    admin
+        .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"))
+        .await?;
+    admin.close().await
 }

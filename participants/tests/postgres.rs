@@ -2,9 +2,11 @@
 //! commands racing each other, a try racing its own cancel, many tries racing for the
 //! same wallet. SQLite has one writer, so only PostgreSQL can show these races.
 //!
-//! Runs when `KESSAI_TEST_POSTGRES_URL` names a server where the user may create
-//! databases (e.g. `postgres:///postgres?host=/var/run/postgresql`); each test gets a
-//! database of its own, dropped at the end. Without it the tests pass vacuously.
+//! Runs against the PostgreSQL server of `kessai_transport::testing::postgres_url()`
+//! (`KESSAI_TEST_POSTGRES_URL`, default `postgres://root@127.0.0.1:5432`), whose user
+//! may create databases; each test gets a database of its own, dropped at the end.
+//! A server that is not reachable skips the tests with a note, or fails them when
+//! `KESSAI_REQUIRE_SERVICES=1` (CI), so they can never pass vacuously there.
 
 mod common;
 
@@ -14,6 +16,7 @@ use kessai_messages::{Envelope, Operation, Outcome, SagaId};
 use kessai_migrations::{Service, connect, open};
 use kessai_participants::balance::WalletSeed;
 use kessai_participants::{BalanceParticipant, Error, ParticipantRuntime, RuntimeConfig, handle_command};
+use kessai_transport::testing;
 use kessai_transport::{ConsumeOptions, MemoryTransport, OutgoingMessage, Topology, Transport};
 use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
 use serde_json::json;
@@ -31,17 +34,20 @@ struct PgDb {
 
 impl PgDb {
     async fn spawn() -> Option<Self> {
-        let Ok(admin_url) = std::env::var("KESSAI_TEST_POSTGRES_URL") else {
-            eprintln!("KESSAI_TEST_POSTGRES_URL not set: skipping");
+        let server = testing::postgres_url();
+        if !testing::require_service("PostgreSQL", &testing::host_port(&server, 5432)) {
             return None;
-        };
-        let admin = connect(&admin_url, 1).await.expect("admin connection");
+        }
+        // The server URL may name no database; administration happens in `postgres`.
+        let admin = connect(&with_database(&server, "postgres"), 1)
+            .await
+            .expect("admin connection");
         let name = format!("kessai_participants_{}", uuid::Uuid::new_v4().simple());
         admin
             .execute_unprepared(&format!("CREATE DATABASE {name}"))
             .await
             .expect("create database");
-        let url = with_database(&admin_url, &name);
+        let url = with_database(&server, &name);
         let db = open(&url, Service::Balance, 16).await.expect("open and migrate");
         BalanceParticipant::seed(
             &db,
@@ -242,6 +248,54 @@ async fn runtime_with_several_workers() {
     assert_eq!(audit.reserved, 200);
     assert_eq!(audit.barrier_records, 200);
     assert!(audit.is_consistent());
+    pg.drop_db().await;
+}
+
+/// Two workers' concurrent batches holding the same commands in opposite orders (a
+/// redelivery and a resend land in different batches): the runtime applies every batch
+/// in one lock order, so the second waits for the first instead of deadlocking. Each
+/// deadlock cost a `deadlock_timeout` (1 s) per command of the losing batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_batches_with_the_same_commands_do_not_deadlock() {
+    let Some(pg) = PgDb::spawn().await else {
+        return;
+    };
+    let transport = MemoryTransport::new();
+    let queue = Topology::default().command_queue(BALANCE);
+    transport.declare(&queue).await.unwrap();
+    let runtime = ParticipantRuntime::with_config(
+        BalanceParticipant,
+        pg.db.clone(),
+        Arc::new(transport.clone()),
+        RuntimeConfig::default(),
+    );
+    const N: usize = 12;
+    let commands: Vec<Envelope> = (0..N)
+        .map(|i| cmd(SagaId::new(), &format!("acct-{}", i % 4 + 1), Operation::Try, 1))
+        .collect();
+    for e in commands.iter().chain(commands.iter().rev()) {
+        transport
+            .publish(&queue, OutgoingMessage::new(e.encode()))
+            .await
+            .unwrap();
+    }
+    let mut consumer = transport.consume(&queue, ConsumeOptions::default()).await.unwrap();
+    let forward = consumer.next_batch(N).await.unwrap();
+    let backward = consumer.next_batch(N).await.unwrap();
+    assert_eq!((forward.len(), backward.len()), (N, N));
+
+    let started = std::time::Instant::now();
+    let (a, b) = tokio::join!(runtime.process_batch(forward), runtime.process_batch(backward));
+    let elapsed = started.elapsed();
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!((a.replied, b.replied), (N, N), "{a:?} {b:?}");
+    assert!(
+        elapsed < Duration::from_secs(3),
+        "two batches of {N} took {elapsed:?}: they deadlocked"
+    );
+    let audit = BalanceParticipant::audit(&pg.db).await.unwrap();
+    assert_eq!(audit.reserved, N as i64);
+    assert_eq!(audit.barrier_records, N as u64);
     pg.drop_db().await;
 }
 

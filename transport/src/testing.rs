@@ -28,6 +28,12 @@ pub fn sqs_endpoint() -> String {
     std::env::var("KESSAI_TEST_SQS_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:4566".into())
 }
 
+/// The PostgreSQL server tests use (no database in the path): `KESSAI_TEST_POSTGRES_URL`,
+/// or the local default. Tests create and drop their own databases on it.
+pub fn postgres_url() -> String {
+    std::env::var("KESSAI_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432".into())
+}
+
 /// `host:port` of a URL such as `amqp://u:p@host:5672/%2f` or `http://host:4566`.
 pub fn host_port(url: &str, default_port: u16) -> String {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);

@@ -32,7 +32,7 @@ pub(crate) async fn drive(inner: &Inner, work: Vec<(SagaId, Vec<(Event, Tag)>)>)
     let now = inner.clock.now_ms();
     let policy = inner.config.policy;
     let txn = inner.db.begin().await?;
-    let loaded = store::load(&txn, &ids).await?;
+    let loaded = store::load_for_update(&txn, &ids).await?;
     let mut out = Driven::default();
     let mut wrote_outbox = false;
     for (id, events) in work {

@@ -14,7 +14,8 @@ use kessai_messages::{BranchId, Command, Envelope, Operation, SagaId};
 use kessai_transport::Topology;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, EntityTrait, NotSet, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, NotSet, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+    Set,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
@@ -264,14 +265,29 @@ pub async fn save<C: ConnectionTrait>(
 
 /// Loads sagas by id; missing ids are absent from the map.
 pub async fn load<C: ConnectionTrait>(db: &C, ids: &[SagaId]) -> Result<HashMap<SagaId, Loaded>, Error> {
+    load_inner(db, ids, false).await
+}
+
+/// Loads sagas by id inside a write transaction. On PostgreSQL the saga rows are
+/// locked (`FOR UPDATE`, in id order so two writers cannot deadlock): a concurrent
+/// writer of the same saga waits instead of losing the version race. SQLite has one
+/// writer already.
+pub async fn load_for_update<C: ConnectionTrait>(db: &C, ids: &[SagaId]) -> Result<HashMap<SagaId, Loaded>, Error> {
+    load_inner(db, ids, db.get_database_backend() == DbBackend::Postgres).await
+}
+
+async fn load_inner<C: ConnectionTrait>(db: &C, ids: &[SagaId], lock: bool) -> Result<HashMap<SagaId, Loaded>, Error> {
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
     let keys: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
-    let sagas = saga::Entity::find()
+    let mut query = saga::Entity::find()
         .filter(saga::Column::Id.is_in(keys.clone()))
-        .all(db)
-        .await?;
+        .order_by_asc(saga::Column::Id);
+    if lock {
+        query = query.lock_exclusive();
+    }
+    let sagas = query.all(db).await?;
     let rows = branch::Entity::find()
         .filter(branch::Column::SagaId.is_in(keys))
         .order_by_asc(branch::Column::SagaId)

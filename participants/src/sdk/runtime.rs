@@ -19,10 +19,10 @@
 //! cannot be rolled back) requeues the whole batch and the worker backs off. A reply
 //! that cannot be published requeues its delivery.
 
-use super::Participant;
 use super::barrier::{self, PreparedCommand};
+use super::{BranchRef, Participant};
 use crate::Error;
-use kessai_messages::{Envelope, Outcome};
+use kessai_messages::{Envelope, Operation, Outcome};
 use kessai_transport::{ConsumeOptions, Consumer, Delivery, Headers, OutgoingMessage, Topology, Transport};
 use sea_orm::{DatabaseConnection, DatabaseTransaction, SqliteTransactionMode, TransactionOptions, TransactionTrait};
 use std::collections::{BTreeMap, HashSet};
@@ -320,6 +320,10 @@ impl<P: Participant> ParticipantRuntime<P> {
         if pending.is_empty() {
             return Ok(report);
         }
+        // Every worker takes barrier keys in the same order, so a duplicate of one of
+        // these commands in another worker's batch waits for this one to commit
+        // instead of deadlocking with it (PostgreSQL; see `lock_order`).
+        pending.sort_by_key(|p| lock_order(&p.command));
 
         // The transaction: every command, each in its own savepoint.
         let txn = match begin_batch(&inner.db).instrument(batch_span.clone()).await {
@@ -489,6 +493,27 @@ impl<P: Participant> ParticipantRuntime<P> {
             requeue_now(delivery).await;
         });
     }
+}
+
+/// The order a batch applies its commands in: by branch, and within a branch cancel,
+/// confirm, try — the order each operation takes its own barrier keys in (a cancel
+/// claims its row, then the try's; a confirm claims its row, then locks the try's).
+///
+/// Why: a claim (`INSERT .. ON CONFLICT DO NOTHING`) of a key another open transaction
+/// inserted waits for that transaction. Redeliveries and resends put duplicates of the
+/// same commands into two workers' concurrent batches; applied in delivery order, each
+/// worker could hold a key the other waits for. PostgreSQL then kills one statement per
+/// `deadlock_timeout` (1 s), and as the victim's transaction goes on to its next
+/// duplicate, a large batch stalled both workers for up to `batch_size` seconds. In one
+/// global order the later batch simply waits for the earlier one to commit. The
+/// protocol does not depend on the order: the broker never promised one.
+fn lock_order<T>(command: &PreparedCommand<T>) -> (BranchRef, u8) {
+    let rank = match command.operation {
+        Operation::Cancel => 0,
+        Operation::Confirm => 1,
+        Operation::Try => 2,
+    };
+    (command.branch, rank)
 }
 
 /// SQLite: `BEGIN IMMEDIATE`, taking the write lock up front so a batch never fails

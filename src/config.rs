@@ -1,0 +1,377 @@
+//! Layered configuration: defaults, then a TOML file, then `KESSAI_` environment
+//! variables with `__` between levels (`KESSAI_TRANSPORT__KIND=amqp`,
+//! `KESSAI_STORE__POSTGRES_URL=...`). Credentials are `SecretString`s: they never
+//! print, not even in `Debug`.
+
+use crate::demo::{StoreKind, TransportKind};
+use anyhow::Context;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use kessai_coordinator::{CoordinatorConfig, Policy};
+use kessai_participants::RuntimeConfig;
+use kessai_transport::{AmqpConfig, SqsConfig, Topology, Transport};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Prefix of every queue name, so several installs can share a broker.
+    pub queue_prefix: String,
+    pub transport: TransportSettings,
+    pub store: StoreSettings,
+    pub coordinator: CoordinatorSettings,
+    pub participant: ParticipantSettings,
+    pub http: HttpSettings,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            queue_prefix: "kessai".into(),
+            transport: TransportSettings::default(),
+            store: StoreSettings::default(),
+            coordinator: CoordinatorSettings::default(),
+            participant: ParticipantSettings::default(),
+            http: HttpSettings::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransportSettings {
+    pub kind: TransportKind,
+    #[serde(serialize_with = "expose")]
+    pub amqp_url: SecretString,
+    pub amqp_prefetch: u16,
+    /// `None` = AWS's own endpoint.
+    pub sqs_endpoint_url: Option<String>,
+    pub sqs_region: String,
+    pub sqs_access_key_id: Option<String>,
+    #[serde(serialize_with = "expose_opt")]
+    pub sqs_secret_access_key: Option<SecretString>,
+    pub sqs_visibility_timeout_s: u64,
+    pub sqs_max_receive_count: u32,
+}
+
+impl Default for TransportSettings {
+    fn default() -> Self {
+        Self {
+            kind: TransportKind::Memory,
+            amqp_url: SecretString::from("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            amqp_prefetch: 256,
+            sqs_endpoint_url: Some("http://127.0.0.1:4566".into()),
+            sqs_region: "us-east-1".into(),
+            sqs_access_key_id: Some("test".into()),
+            sqs_secret_access_key: Some(SecretString::from("test")),
+            sqs_visibility_timeout_s: 30,
+            sqs_max_receive_count: 10,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSettings {
+    pub kind: StoreKind,
+    /// SQLite: one file per service in this folder.
+    pub data_dir: PathBuf,
+    /// PostgreSQL server, without a database (`postgres://user:pw@host:5432`).
+    #[serde(serialize_with = "expose")]
+    pub postgres_url: SecretString,
+    /// Service `S` uses database `<database_prefix>_<S>` (created if missing).
+    pub database_prefix: String,
+    /// Pool size per service (PostgreSQL).
+    pub max_connections: u32,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            kind: StoreKind::Sqlite,
+            data_dir: PathBuf::from("kessai-data"),
+            postgres_url: SecretString::from("postgres://root@127.0.0.1:5432"),
+            database_prefix: "kessai".into(),
+            max_connections: 10,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CoordinatorSettings {
+    pub try_timeout_ms: u64,
+    pub try_resend_initial_ms: i64,
+    pub try_resend_max_ms: i64,
+    pub finish_resend_initial_ms: i64,
+    pub finish_resend_max_ms: i64,
+    pub stuck_after: u32,
+    pub batch_size: usize,
+    pub reply_workers: usize,
+    pub tick_interval_ms: u64,
+}
+
+impl Default for CoordinatorSettings {
+    fn default() -> Self {
+        let c = CoordinatorConfig::default();
+        Self {
+            try_timeout_ms: c.try_timeout.as_millis() as u64,
+            try_resend_initial_ms: c.policy.try_resend.initial_ms,
+            try_resend_max_ms: c.policy.try_resend.max_ms,
+            finish_resend_initial_ms: c.policy.finish_resend.initial_ms,
+            finish_resend_max_ms: c.policy.finish_resend.max_ms,
+            stuck_after: c.policy.stuck_after,
+            batch_size: c.batch_size,
+            reply_workers: c.reply_workers,
+            tick_interval_ms: c.tick_interval.as_millis() as u64,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ParticipantSettings {
+    pub batch_size: usize,
+    pub workers: usize,
+    /// Seed the demo data set (wallets, cards, settlement accounts) at start. Off by
+    /// default: a real deployment's books are not ours to write. Seeding is idempotent.
+    pub seed_demo: bool,
+}
+
+impl Default for ParticipantSettings {
+    fn default() -> Self {
+        let r = RuntimeConfig::default();
+        Self {
+            batch_size: r.batch_size,
+            workers: r.workers,
+            seed_demo: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Where `/healthz` (and later the API) listens.
+    pub listen: String,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+        }
+    }
+}
+
+// Serialisation exists only to seed figment with the defaults; `Debug` stays redacted.
+fn expose<S: serde::Serializer>(s: &SecretString, ser: S) -> Result<S::Ok, S::Error> {
+    ser.serialize_str(s.expose_secret())
+}
+
+fn expose_opt<S: serde::Serializer>(s: &Option<SecretString>, ser: S) -> Result<S::Ok, S::Error> {
+    match s {
+        Some(s) => ser.serialize_some(s.expose_secret()),
+        None => ser.serialize_none(),
+    }
+}
+
+impl Config {
+    /// Defaults ← `file` (if given; it must exist) ← `KESSAI_*` environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(f) = file {
+            anyhow::ensure!(f.is_file(), "config file {} does not exist", f.display());
+            figment = figment.merge(Toml::file(f));
+        }
+        // `KESSAI_REQUIRE_SERVICES` and `KESSAI_TEST_*` belong to the test suite.
+        let env = Env::prefixed("KESSAI_")
+            .split("__")
+            .filter(|k| !k.as_str().starts_with("require_services") && !k.as_str().starts_with("test_"));
+        let config: Config = figment.merge(env).extract().context("invalid configuration")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.queue_prefix.is_empty()
+                && self
+                    .queue_prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+            "queue_prefix must be letters, digits, - or _ (SQS queue name rules), got {:?}",
+            self.queue_prefix
+        );
+        anyhow::ensure!(
+            self.coordinator.try_timeout_ms > 0,
+            "coordinator.try_timeout_ms must be positive"
+        );
+        anyhow::ensure!(
+            self.coordinator.batch_size > 0,
+            "coordinator.batch_size must be positive"
+        );
+        anyhow::ensure!(
+            self.participant.batch_size > 0,
+            "participant.batch_size must be positive"
+        );
+        anyhow::ensure!(
+            self.coordinator.stuck_after > 0,
+            "coordinator.stuck_after must be positive"
+        );
+        for (name, v) in [
+            ("try_resend_initial_ms", self.coordinator.try_resend_initial_ms),
+            ("try_resend_max_ms", self.coordinator.try_resend_max_ms),
+            ("finish_resend_initial_ms", self.coordinator.finish_resend_initial_ms),
+            ("finish_resend_max_ms", self.coordinator.finish_resend_max_ms),
+        ] {
+            anyhow::ensure!(v > 0, "coordinator.{name} must be positive");
+        }
+        Ok(())
+    }
+
+    pub fn topology(&self) -> Topology {
+        Topology::new(self.queue_prefix.clone())
+    }
+
+    pub fn coordinator_config(&self) -> CoordinatorConfig {
+        let c = &self.coordinator;
+        CoordinatorConfig {
+            policy: Policy {
+                try_resend: kessai_coordinator::machine::Backoff {
+                    initial_ms: c.try_resend_initial_ms,
+                    max_ms: c.try_resend_max_ms,
+                },
+                finish_resend: kessai_coordinator::machine::Backoff {
+                    initial_ms: c.finish_resend_initial_ms,
+                    max_ms: c.finish_resend_max_ms,
+                },
+                stuck_after: c.stuck_after,
+            },
+            try_timeout: Duration::from_millis(c.try_timeout_ms),
+            topology: self.topology(),
+            batch_size: c.batch_size,
+            tick_interval: Duration::from_millis(c.tick_interval_ms.max(1)),
+            reply_workers: c.reply_workers.max(1),
+            ..CoordinatorConfig::default()
+        }
+    }
+
+    pub fn participant_config(&self) -> RuntimeConfig {
+        RuntimeConfig {
+            topology: self.topology(),
+            batch_size: self.participant.batch_size,
+            workers: self.participant.workers.max(1),
+            ..RuntimeConfig::default()
+        }
+    }
+
+    /// The database URL of one service (`coordinator`, `balance`, `card-issuer`,
+    /// `bank`), creating its PostgreSQL database if missing.
+    pub async fn database_url(&self, service: &str) -> anyhow::Result<String> {
+        match self.store.kind {
+            StoreKind::Sqlite => {
+                std::fs::create_dir_all(&self.store.data_dir)
+                    .with_context(|| format!("creating {}", self.store.data_dir.display()))?;
+                Ok(kessai_migrations::sqlite_url(
+                    &self.store.data_dir.join(format!("{service}.db")),
+                ))
+            }
+            StoreKind::Postgres => {
+                let server = self.store.postgres_url.expose_secret();
+                let database = format!("{}_{}", self.store.database_prefix, service.replace('-', "_"));
+                kessai_migrations::ensure_postgres_database(server, &database)
+                    .await
+                    .with_context(|| format!("creating database {database}"))?;
+                Ok(kessai_migrations::postgres_database_url(server, &database))
+            }
+        }
+    }
+
+    /// Connects the configured transport (retrying while the broker is not up yet is
+    /// the caller's choice).
+    pub async fn transport(&self) -> anyhow::Result<Arc<dyn Transport>> {
+        let t = &self.transport;
+        Ok(match t.kind {
+            TransportKind::Memory => Arc::new(kessai_transport::MemoryTransport::new()),
+            TransportKind::Amqp => {
+                let mut c = AmqpConfig::new(t.amqp_url.expose_secret());
+                c.prefetch = t.amqp_prefetch;
+                Arc::new(
+                    kessai_transport::AmqpTransport::connect(c)
+                        .await
+                        .context("connecting to RabbitMQ")?,
+                )
+            }
+            TransportKind::Sqs => {
+                let c = SqsConfig {
+                    endpoint_url: t.sqs_endpoint_url.clone(),
+                    region: t.sqs_region.clone(),
+                    access_key_id: t.sqs_access_key_id.clone(),
+                    secret_access_key: t.sqs_secret_access_key.as_ref().map(|s| s.expose_secret().to_owned()),
+                    visibility_timeout: Duration::from_secs(t.sqs_visibility_timeout_s.max(1)),
+                    max_receive_count: t.sqs_max_receive_count,
+                    ..SqsConfig::default()
+                };
+                Arc::new(
+                    kessai_transport::SqsTransport::connect(c)
+                        .await
+                        .context("connecting to SQS")?,
+                )
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+// figment::Jail fixes the closure's error type (figment::Error, over 200 bytes).
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_defaults_file_env() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "kessai.toml",
+                "queue_prefix = \"fromfile\"\n[transport]\nkind = \"amqp\"\n[coordinator]\ntry_timeout_ms = 5000\n",
+            )?;
+            jail.set_env("KESSAI_COORDINATOR__TRY_TIMEOUT_MS", "7000");
+            jail.set_env("KESSAI_REQUIRE_SERVICES", "1");
+            let c = Config::load(Some(Path::new("kessai.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.queue_prefix, "fromfile");
+            assert_eq!(c.transport.kind, TransportKind::Amqp);
+            assert_eq!(c.coordinator.try_timeout_ms, 7000);
+            assert_eq!(c.participant.batch_size, RuntimeConfig::default().batch_size);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_config_is_a_clear_error() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("bad.toml", "[transport]\nkind = \"carrier-pigeon\"\n")?;
+            let e = Config::load(Some(Path::new("bad.toml"))).unwrap_err();
+            assert!(format!("{e:#}").contains("carrier-pigeon"), "{e:#}");
+            jail.create_file("typo.toml", "[coordinator]\ntry_timeout = 1\n")?;
+            let e = Config::load(Some(Path::new("typo.toml"))).unwrap_err();
+            assert!(format!("{e:#}").contains("try_timeout"), "{e:#}");
+            jail.set_env("KESSAI_QUEUE_PREFIX", "has space");
+            let e = Config::load(None).unwrap_err();
+            assert!(format!("{e:#}").contains("queue_prefix"), "{e:#}");
+            assert!(Config::load(Some(Path::new("missing.toml"))).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let mut c = Config::default();
+        c.store.postgres_url = SecretString::from("postgres://u:hunter2@db:5432");
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,389 @@
+//! `kessai coordinator` and `kessai participant <name>`: one service per process, the
+//! way kessai is deployed.
+//!
+//! Every process goes through the same steps:
+//! 1. load the layered [`Config`] (defaults ← `--config FILE` ← `KESSAI_*`), and refuse
+//!    the in-process transport, which cannot connect separate processes;
+//! 2. open its own database — created if missing on PostgreSQL — and migrate it; a
+//!    participant seeds the demo data if `participant.seed_demo` says so;
+//! 3. connect the transport and declare the queue it consumes, **waiting with backoff
+//!    while the broker is unreachable** (containers start in any order);
+//! 4. start the service, then serve `/healthz` (and on the coordinator the HTTP API)
+//!    on `http.listen`;
+//! 5. run until SIGTERM or SIGINT, then stop gracefully: stop taking HTTP requests,
+//!    stop consuming, finish in-flight batches, flush the outbox. A second signal
+//!    exits at once (nothing is lost: unacknowledged messages are redelivered and the
+//!    outbox lives in the database).
+//!
+//! How each task ended is logged. A task that fails, or the last one ending before a
+//! signal, stops the service with a non-zero exit status; a task that merely finished
+//! its work (the coordinator's one-shot `resume`) does not.
+
+use crate::config::Config;
+use crate::demo::TransportKind;
+use crate::health::{self, Health};
+use anyhow::Context;
+use clap::Args;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use kessai_coordinator::{Coordinator, CoordinatorTasks, SystemClock};
+use kessai_migrations::Service;
+use kessai_participants::ReferenceParticipant;
+use kessai_transport::Transport;
+use sea_orm::DatabaseConnection;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// First wait before retrying an unreachable broker at start; doubles up to
+/// [`MAX_CONNECT_BACKOFF`].
+const MIN_CONNECT_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_CONNECT_BACKOFF: Duration = Duration::from_secs(10);
+/// How long in-flight HTTP requests get to finish once shutdown starts.
+const HTTP_DRAIN: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Args)]
+pub struct CoordinatorArgs {
+    /// TOML configuration file; `KESSAI_*` environment variables override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ParticipantArgs {
+    /// Which reference participant this process runs.
+    #[arg(value_name = "NAME", value_parser = participant_name())]
+    pub name: ReferenceParticipant,
+    /// TOML configuration file; `KESSAI_*` environment variables override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+fn participant_name() -> impl TypedValueParser<Value = ReferenceParticipant> {
+    PossibleValuesParser::new(ReferenceParticipant::ALL.map(|p| p.name()))
+        .map(|name| ReferenceParticipant::from_name(&name).expect("only listed names get here"))
+}
+
+/// `kessai coordinator`.
+pub async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
+    let config = load_config(args.config, "coordinator")?;
+    let stop = watch_signals()?;
+    let db = open_database(&config, "coordinator", Service::Coordinator).await?;
+    let reply_queue = config.topology().reply_queue();
+    let Some(transport) = connect_transport(&config, &reply_queue, &stop).await? else {
+        return Ok(stopped_before_start("coordinator"));
+    };
+    let listener = bind(&config.http.listen).await?;
+    let (coordinator, tasks) = Coordinator::start(
+        db.clone(),
+        transport.clone(),
+        config.coordinator_config(),
+        Arc::new(SystemClock),
+    )
+    .await
+    .context("starting the coordinator")?;
+    let router = health::router(Health::new("coordinator", db.clone(), transport, reply_queue))
+        .merge(crate::http::router(coordinator));
+    supervise("coordinator", Running::Coordinator(tasks), listener, router, stop, db).await
+}
+
+/// `kessai participant <name>`.
+pub async fn run_participant(args: ParticipantArgs) -> anyhow::Result<ExitCode> {
+    let p = args.name;
+    let config = load_config(args.config, p.name())?;
+    let stop = watch_signals()?;
+    let service = match p {
+        ReferenceParticipant::Balance => Service::Balance,
+        ReferenceParticipant::CardIssuer => Service::CardIssuer,
+        ReferenceParticipant::Bank => Service::Bank,
+    };
+    let db = open_database(&config, p.name(), service).await?;
+    if config.participant.seed_demo {
+        let seeded = p
+            .seed_demo(&db)
+            .await
+            .with_context(|| format!("seeding the {p} demo data"))?;
+        tracing::info!(service = p.name(), rows = seeded, "demo data seeded");
+    }
+    let queue = config.topology().command_queue(p.name());
+    let Some(transport) = connect_transport(&config, &queue, &stop).await? else {
+        return Ok(stopped_before_start(p.name()));
+    };
+    let listener = bind(&config.http.listen).await?;
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(p.run(
+        db.clone(),
+        transport.clone(),
+        config.participant_config(),
+        cancel.clone(),
+    ));
+    let router = health::router(Health::new(p.name(), db.clone(), transport, queue));
+    let running = Running::Participant {
+        cancel,
+        task: Some(task),
+    };
+    supervise(p.name(), running, listener, router, stop, db).await
+}
+
+fn load_config(file: Option<PathBuf>, service: &str) -> anyhow::Result<Config> {
+    let config = Config::load(file.as_deref())?;
+    anyhow::ensure!(
+        config.transport.kind != TransportKind::Memory,
+        "transport.kind = \"memory\" only connects services inside one process (kessai demo); \
+         a separate {service} process needs a broker: set transport.kind to \"amqp\" or \"sqs\" \
+         (e.g. KESSAI_TRANSPORT__KIND=amqp)"
+    );
+    Ok(config)
+}
+
+/// Fires the returned token on the first SIGTERM or SIGINT; a second one exits at once.
+fn watch_signals() -> anyhow::Result<CancellationToken> {
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let stop = CancellationToken::new();
+    let fire = stop.clone();
+    tokio::spawn(async move {
+        let which = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(
+            signal = which,
+            "stopping gracefully: no new work, finishing what is in flight"
+        );
+        fire.cancel();
+        let which = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::error!(
+            signal = which,
+            "second signal: exiting without finishing (unacknowledged messages will be redelivered)"
+        );
+        std::process::exit(1);
+    });
+    Ok(stop)
+}
+
+async fn open_database(config: &Config, name: &str, service: Service) -> anyhow::Result<DatabaseConnection> {
+    let url = config.database_url(name).await?;
+    kessai_migrations::open(&url, service, config.store.max_connections)
+        .await
+        .with_context(|| format!("opening the {name} database"))
+}
+
+/// Connects the transport and declares `queue`, retrying with capped exponential
+/// backoff while the broker is unreachable. `None` if `stop` fired while waiting;
+/// an error at once if retrying cannot help (a bad URL, bad credentials).
+async fn connect_transport(
+    config: &Config,
+    queue: &str,
+    stop: &CancellationToken,
+) -> anyhow::Result<Option<Arc<dyn Transport>>> {
+    let Some(transport) =
+        retry_while_unreachable("connecting to the broker", stop, async || config.transport().await).await?
+    else {
+        return Ok(None);
+    };
+    let declared = retry_while_unreachable("declaring the queue", stop, async || {
+        transport
+            .declare(queue)
+            .await
+            .with_context(|| format!("declaring queue {queue}"))
+    })
+    .await?;
+    Ok(declared.map(|()| transport))
+}
+
+async fn retry_while_unreachable<T>(
+    what: &str,
+    stop: &CancellationToken,
+    mut attempt: impl AsyncFnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<Option<T>> {
+    let mut backoff = MIN_CONNECT_BACKOFF;
+    for attempts in 1u32.. {
+        let error = match attempt().await {
+            Ok(v) => {
+                if attempts > 1 {
+                    tracing::info!(attempts, "{what}: succeeded");
+                }
+                return Ok(Some(v));
+            }
+            Err(e) => e,
+        };
+        let retryable = error
+            .downcast_ref::<kessai_transport::Error>()
+            .is_some_and(kessai_transport::Error::is_retryable);
+        if !retryable {
+            return Err(error);
+        }
+        tracing::warn!(attempts, retry_in = ?backoff, error = %format!("{error:#}"), "{what}: broker unreachable; waiting for it");
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_CONNECT_BACKOFF);
+    }
+    unreachable!("the attempt counter does not run out")
+}
+
+fn stopped_before_start(service: &str) -> ExitCode {
+    tracing::info!(service, "stopped before the service started");
+    ExitCode::SUCCESS
+}
+
+async fn bind(listen: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on http.listen = {listen:?}"))
+}
+
+/// A started service's tasks.
+enum Running {
+    Coordinator(CoordinatorTasks),
+    Participant {
+        cancel: CancellationToken,
+        /// `None` once it has been joined.
+        task: Option<JoinHandle<Result<(), kessai_participants::Error>>>,
+    },
+}
+
+/// How one task ended: its name and its error, if any.
+type Ended = (String, Result<(), String>);
+
+impl Running {
+    /// The next task to end by itself; `None` once none is left.
+    async fn next_end(&mut self) -> Option<Ended> {
+        match self {
+            Running::Coordinator(tasks) => tasks
+                .join_next()
+                .await
+                .map(|(name, r)| (name.to_owned(), r.map_err(|e| e.to_string()))),
+            Running::Participant { task, .. } => {
+                let r = joined(task.as_mut()?.await);
+                *task = None;
+                Some(("participant".into(), r))
+            }
+        }
+    }
+
+    /// Stops gracefully; how every remaining task ended.
+    async fn shutdown(self) -> Vec<Ended> {
+        match self {
+            Running::Coordinator(tasks) => tasks
+                .shutdown()
+                .await
+                .into_iter()
+                .map(|(name, r)| (name.to_owned(), r.map_err(|e| e.to_string())))
+                .collect(),
+            Running::Participant { cancel, task } => {
+                cancel.cancel();
+                match task {
+                    Some(handle) => vec![("participant".into(), joined(handle.await))],
+                    None => vec![],
+                }
+            }
+        }
+    }
+}
+
+fn joined<E: std::fmt::Display>(r: Result<Result<(), E>, tokio::task::JoinError>) -> Result<(), String> {
+    match r {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("task panicked: {e}")),
+    }
+}
+
+/// Serves HTTP and waits for a signal or a task's own end, then shuts down in order
+/// (HTTP first, so no new work arrives while the service drains) and reports.
+async fn supervise(
+    service: &str,
+    mut running: Running,
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    stop: CancellationToken,
+    db: DatabaseConnection,
+) -> anyhow::Result<ExitCode> {
+    let address = listener.local_addr().ok();
+    let http_stop = CancellationToken::new();
+    let mut http = {
+        let http_stop = http_stop.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move { http_stop.cancelled().await })
+                .await
+        })
+    };
+    tracing::info!(service, http.listen = ?address, "ready");
+
+    // Until a signal: a task that finishes its work (the coordinator's one-shot
+    // `resume`) is fine; one that fails, or nothing left running, stops the service.
+    let mut ended: Vec<Ended> = Vec::new();
+    let mut http_done = false;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            end = running.next_end() => match end {
+                Some((task, Ok(()))) => {
+                    tracing::info!(service, task, "task finished its work");
+                    ended.push((task, Ok(())));
+                }
+                Some((task, Err(error))) => {
+                    tracing::error!(service, task, error, "a task failed; shutting the service down");
+                    ended.push((task, Err(error)));
+                    break;
+                }
+                None => {
+                    tracing::error!(service, "no task is left running; shutting the service down");
+                    ended.push(("service".into(), Err("every task ended before shutdown was asked".into())));
+                    break;
+                }
+            },
+            r = &mut http => {
+                http_done = true;
+                let r = joined(r).and_then(|()| Err("the HTTP server ended before shutdown was asked".to_owned()));
+                tracing::error!(service, "the HTTP server stopped; shutting the service down");
+                ended.push(("http".into(), r));
+                break;
+            }
+        }
+    }
+
+    http_stop.cancel();
+    if !http_done {
+        let r = match tokio::time::timeout(HTTP_DRAIN, &mut http).await {
+            Ok(r) => joined(r),
+            Err(_) => {
+                http.abort();
+                Err(format!(
+                    "in-flight requests still running after {HTTP_DRAIN:?}; dropped"
+                ))
+            }
+        };
+        ended.push(("http".into(), r));
+    }
+    ended.extend(running.shutdown().await);
+    if let Err(e) = db.close().await {
+        tracing::warn!(service, error = %e, "closing the database pool failed");
+    }
+
+    let mut ok = true;
+    for (task, r) in &ended {
+        match r {
+            Ok(()) => tracing::info!(service, task, "task ended"),
+            Err(error) => {
+                ok = false;
+                tracing::error!(service, task, error, "task failed");
+            }
+        }
+    }
+    if ok {
+        tracing::info!(service, "stopped cleanly");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Ok(ExitCode::FAILURE)
+    }
+}
