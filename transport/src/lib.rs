@@ -9,6 +9,8 @@
 //!   the crate [`Error`] (which says whether a failure is retryable), and queue naming
 //!   ([`Topology`]).
 //! - [`memory`]: the in-process transport used by the embedded stack and the tests.
+//! - [`faults`]: [`FaultyTransport`], a wrapper around any transport that drops,
+//!   duplicates, delays and reorders published messages (seeded), for chaos tests.
 //! - [`amqp`]: RabbitMQ through lapin — publisher confirms, durable queues, manual
 //!   acks, reconnection with backoff.
 //! - [`sqs`]: Amazon SQS through aws-sdk-sqs — long polling, delete-on-ack, a
@@ -32,6 +34,7 @@
 //!   protocol does not rely on it.
 
 pub mod amqp;
+pub mod faults;
 pub mod memory;
 pub mod sqs;
 pub mod testing;
@@ -42,6 +45,7 @@ use std::fmt;
 use std::time::Duration;
 
 pub use amqp::{AmqpConfig, AmqpTransport};
+pub use faults::{FaultConfig, FaultCounters, FaultyTransport};
 pub use memory::MemoryTransport;
 pub use sqs::{SqsConfig, SqsTransport};
 

@@ -28,10 +28,35 @@ pub struct Driven {
 }
 
 pub(crate) async fn drive(inner: &Inner, work: Vec<(SagaId, Vec<(Event, Tag)>)>) -> Result<Driven, Error> {
+    let txn = inner.db.begin().await?;
+    drive_in(inner, txn, work).await
+}
+
+/// Claims up to `limit` sagas whose wake-up time has passed and ticks them, in one
+/// transaction. On PostgreSQL the claim skips rows another coordinator holds
+/// (`FOR UPDATE SKIP LOCKED`), so coordinators sharing a database split the due work
+/// instead of queueing on it. Returns how many were claimed.
+pub(crate) async fn drive_due(inner: &Inner, limit: u64) -> Result<usize, Error> {
+    let txn = inner.db.begin().await?;
+    let ids = store::claim_due(&txn, inner.clock.now_ms(), limit).await?;
+    let n = ids.len();
+    if n == 0 {
+        txn.rollback().await?;
+        return Ok(0);
+    }
+    let work = ids.into_iter().map(|id| (id, vec![(Event::Tick, None)])).collect();
+    drive_in(inner, txn, work).await?;
+    Ok(n)
+}
+
+async fn drive_in(
+    inner: &Inner,
+    txn: sea_orm::DatabaseTransaction,
+    work: Vec<(SagaId, Vec<(Event, Tag)>)>,
+) -> Result<Driven, Error> {
     let ids: Vec<SagaId> = work.iter().map(|(id, _)| *id).collect();
     let now = inner.clock.now_ms();
     let policy = inner.config.policy;
-    let txn = inner.db.begin().await?;
     let loaded = store::load_for_update(&txn, &ids).await?;
     let mut out = Driven::default();
     let mut wrote_outbox = false;

@@ -9,6 +9,7 @@ use crate::Error;
 use crate::store;
 use futures::future::join_all;
 use kessai_transport::{Headers, OutgoingMessage};
+use sea_orm::{DbBackend, TransactionTrait};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,10 +50,37 @@ pub(crate) async fn run(inner: Arc<Inner>, cancel: CancellationToken) -> Result<
 }
 
 /// Publishes one batch; returns how many rows were published.
+///
+/// On PostgreSQL the rows are claimed (`FOR UPDATE SKIP LOCKED`) in a transaction held
+/// across the publish, so coordinators sharing the database relay disjoint rows. On
+/// SQLite (one coordinator per file) no transaction is held across network I/O: the
+/// single connection stays free for the other tasks.
 async fn relay_once(inner: &Inner, declared: &mut HashSet<String>) -> Result<usize, Error> {
+    if inner.db.get_database_backend() == DbBackend::Postgres {
+        let txn = inner.db.begin().await?;
+        let rows = store::claim_outbox(&txn, BATCH).await?;
+        let (sent, result) = publish(inner, declared, rows).await;
+        let n = sent.len();
+        store::outbox_delete(&txn, sent).await?;
+        txn.commit().await?;
+        return result.map(|()| n);
+    }
     let rows = store::outbox_batch(&inner.db, BATCH).await?;
+    let (sent, result) = publish(inner, declared, rows).await;
+    let n = sent.len();
+    store::outbox_delete(&inner.db, sent).await?;
+    result.map(|()| n)
+}
+
+/// Publishes rows grouped by queue; returns the ids the broker accepted and the first
+/// error, if any.
+async fn publish(
+    inner: &Inner,
+    declared: &mut HashSet<String>,
+    rows: Vec<crate::store::entities::outbox::Model>,
+) -> (Vec<i64>, Result<(), Error>) {
     if rows.is_empty() {
-        return Ok(0);
+        return (Vec::new(), Ok(()));
     }
     let mut by_queue: BTreeMap<String, (Vec<i64>, Vec<OutgoingMessage>)> = BTreeMap::new();
     for row in rows {
@@ -66,7 +94,9 @@ async fn relay_once(inner: &Inner, declared: &mut HashSet<String>) -> Result<usi
     }
     for queue in by_queue.keys() {
         if !declared.contains(queue) {
-            inner.transport.declare(queue).await?;
+            if let Err(e) = inner.transport.declare(queue).await {
+                return (Vec::new(), Err(e.into()));
+            }
             declared.insert(queue.clone());
         }
     }
@@ -84,10 +114,11 @@ async fn relay_once(inner: &Inner, declared: &mut HashSet<String>) -> Result<usi
             Err(e) => first_error = first_error.or(Some(e)),
         }
     }
-    let n = sent.len();
-    store::outbox_delete(&inner.db, sent).await?;
-    match first_error {
-        Some(e) => Err(e.into()),
-        None => Ok(n),
-    }
+    (
+        sent,
+        match first_error {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        },
+    )
 }

@@ -19,25 +19,13 @@ pub(crate) async fn run(inner: Arc<Inner>, cancel: CancellationToken) -> Result<
             _ = tokio::time::sleep(inner.config.tick_interval) => {}
         }
         loop {
-            let now = inner.clock.now_ms();
-            let ids = match store::due(&inner.db, now, limit).await {
-                Ok(ids) => ids,
+            match drive::drive_due(&inner, limit).await {
+                Ok(n) if (n as u64) == limit && !cancel.is_cancelled() => continue,
+                Ok(_) => break,
                 Err(e) => {
-                    warn!(error = %e, "cannot read due sagas");
+                    warn!(error = %e, "timer batch failed; will retry");
                     break;
                 }
-            };
-            let n = ids.len();
-            if n == 0 {
-                break;
-            }
-            let work = ids.into_iter().map(|id| (id, vec![(Event::Tick, None)])).collect();
-            if let Err(e) = drive::drive(&inner, work).await {
-                warn!(error = %e, "timer batch failed; will retry");
-                break;
-            }
-            if (n as u64) < limit || cancel.is_cancelled() {
-                break;
             }
         }
     }

@@ -12,7 +12,7 @@ use crate::machine::{Action, Branch, BranchState, Saga, SagaState};
 use entities::{branch, outbox, saga, saga_event};
 use kessai_messages::{BranchId, Command, Envelope, Operation, SagaId};
 use kessai_transport::Topology;
-use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::{Expr, LockBehavior, LockType};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, NotSet, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
     Set,
@@ -309,18 +309,30 @@ async fn load_inner<C: ConnectionTrait>(db: &C, ids: &[SagaId], lock: bool) -> R
     Ok(out)
 }
 
-/// Sagas whose wake-up time has passed, earliest first.
-pub async fn due<C: ConnectionTrait>(db: &C, now: i64, limit: u64) -> Result<Vec<SagaId>, Error> {
-    let ids: Vec<String> = saga::Entity::find()
+/// Claims due sagas inside a write transaction: on PostgreSQL the rows are locked and
+/// rows locked by another coordinator are skipped; SQLite has a single writer.
+pub async fn claim_due<C: ConnectionTrait>(db: &C, now: i64, limit: u64) -> Result<Vec<SagaId>, Error> {
+    let mut q = saga::Entity::find()
         .select_only()
         .column(saga::Column::Id)
         .filter(saga::Column::WakeAtMs.lte(now))
         .order_by_asc(saga::Column::WakeAtMs)
-        .limit(limit)
-        .into_tuple()
-        .all(db)
-        .await?;
+        .limit(limit);
+    if db.get_database_backend() == DbBackend::Postgres {
+        q = q.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+    }
+    let ids: Vec<String> = q.into_tuple().all(db).await?;
     parse_ids(ids)
+}
+
+/// Claims the oldest unsent commands inside a write transaction (PostgreSQL: skipping
+/// rows another coordinator's relay holds, so two relays do not publish the same rows).
+pub async fn claim_outbox<C: ConnectionTrait>(db: &C, limit: u64) -> Result<Vec<outbox::Model>, Error> {
+    let mut q = outbox::Entity::find().order_by_asc(outbox::Column::Id).limit(limit);
+    if db.get_database_backend() == DbBackend::Postgres {
+        q = q.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+    }
+    Ok(q.all(db).await?)
 }
 
 /// Non-terminal sagas with an id greater than `after`, in id order (for resumption).

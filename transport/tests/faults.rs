@@ -1,0 +1,358 @@
+//! The fault-injecting transport over the in-process one: each fault kind on its own,
+//! all of them together, reproducibility from the seed, switching faults off, and
+//! configuration validation. Time is paused, so delays cost nothing and the tests
+//! are deterministic.
+
+use kessai_transport::faults::REORDER_WINDOW;
+use kessai_transport::{
+    ConsumeOptions, Consumer, Error, FaultConfig, FaultCounters, FaultyTransport, MemoryTransport, OutgoingMessage,
+    Transport,
+};
+use std::sync::Arc;
+use std::time::Duration;
+
+const Q: &str = "faults-q";
+const DELAY_MAX: Duration = Duration::from_secs(1);
+
+fn message(payload: &str) -> OutgoingMessage {
+    OutgoingMessage::new(payload.as_bytes().to_vec())
+}
+
+fn config() -> FaultConfig {
+    FaultConfig {
+        delay_max: DELAY_MAX,
+        seed: 42,
+        ..FaultConfig::default()
+    }
+}
+
+async fn spawn(config: FaultConfig) -> (MemoryTransport, FaultyTransport<MemoryTransport>) {
+    let memory = MemoryTransport::new();
+    let faulty = FaultyTransport::new(Arc::new(memory.clone()), config).expect("valid config");
+    faulty.declare(Q).await.expect("declare");
+    (memory, faulty)
+}
+
+/// Everything currently deliverable on `Q`, acked, in delivery order.
+async fn drain<T: Transport + ?Sized>(transport: &T) -> Vec<String> {
+    let mut consumer: Box<dyn Consumer> = transport
+        .consume(
+            Q,
+            ConsumeOptions {
+                prefetch: 1000,
+                poll_wait: Duration::from_millis(10),
+            },
+        )
+        .await
+        .expect("consume");
+    let mut got = Vec::new();
+    loop {
+        let batch = consumer.next_batch(1000).await.expect("next_batch");
+        if batch.is_empty() {
+            return got;
+        }
+        for d in batch {
+            got.push(String::from_utf8(d.payload.clone()).expect("utf-8"));
+            d.ack().await.expect("ack");
+        }
+    }
+}
+
+/// Lets every delayed or held message reach the inner transport.
+async fn quiesce(faulty: &FaultyTransport<MemoryTransport>) {
+    tokio::time::sleep(DELAY_MAX + REORDER_WINDOW + Duration::from_millis(1)).await;
+    assert_eq!(faulty.in_flight(), 0, "nothing may stay in flight");
+}
+
+#[tokio::test(start_paused = true)]
+async fn drop_loses_every_message_and_counts_it() {
+    let (memory, faulty) = spawn(FaultConfig { drop: 1.0, ..config() }).await;
+    for i in 0..10 {
+        faulty
+            .publish(Q, message(&format!("m{i}")))
+            .await
+            .expect("publish answers Ok");
+    }
+    faulty
+        .publish_batch(Q, vec![message("b1"), message("b2")])
+        .await
+        .expect("publish_batch answers Ok");
+    assert_eq!(faulty.pending(Q).await.expect("pending"), Some(0));
+    assert!(drain(&faulty).await.is_empty());
+    assert_eq!(memory.ready_len(Q), 0);
+    assert_eq!(
+        faulty.counters(),
+        FaultCounters {
+            dropped: 12,
+            ..FaultCounters::default()
+        }
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn duplicate_sends_each_message_twice() {
+    let (_memory, faulty) = spawn(FaultConfig {
+        duplicate: 1.0,
+        ..config()
+    })
+    .await;
+    faulty.publish(Q, message("a")).await.expect("publish");
+    faulty
+        .publish_batch(Q, vec![message("b"), message("c")])
+        .await
+        .expect("publish_batch");
+    assert_eq!(drain(&faulty).await, ["a", "a", "b", "b", "c", "c"]);
+    assert_eq!(
+        faulty.counters(),
+        FaultCounters {
+            duplicated: 3,
+            ..FaultCounters::default()
+        }
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn delay_delivers_later_and_pending_counts_the_message_meanwhile() {
+    let (memory, faulty) = spawn(FaultConfig { delay: 1.0, ..config() }).await;
+    let started = tokio::time::Instant::now();
+    faulty.publish(Q, message("late-1")).await.expect("publish");
+    faulty.publish(Q, message("late-2")).await.expect("publish");
+    // `publish` answered at once, yet nothing has reached the broker.
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    assert_eq!(memory.ready_len(Q), 0);
+    assert_eq!(faulty.in_flight(), 2);
+    assert_eq!(
+        faulty.pending(Q).await.expect("pending"),
+        Some(2),
+        "in flight counts as pending"
+    );
+    assert_eq!(memory.pending(Q).await.expect("pending"), Some(0));
+
+    quiesce(&faulty).await;
+    assert_eq!(memory.ready_len(Q), 2);
+    assert_eq!(
+        faulty.pending(Q).await.expect("pending"),
+        Some(2),
+        "now waiting in the broker"
+    );
+    let mut got = drain(&faulty).await;
+    got.sort();
+    assert_eq!(got, ["late-1", "late-2"]);
+    assert_eq!(faulty.pending(Q).await.expect("pending"), Some(0));
+    assert_eq!(faulty.counters().delayed, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn delay_is_never_longer_than_delay_max() {
+    let (memory, faulty) = spawn(FaultConfig { delay: 1.0, ..config() }).await;
+    for i in 0..50 {
+        faulty.publish(Q, message(&format!("m{i}"))).await.expect("publish");
+    }
+    tokio::time::sleep(DELAY_MAX + Duration::from_millis(1)).await;
+    assert_eq!(memory.ready_len(Q), 50);
+    assert_eq!(faulty.in_flight(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn reorder_swaps_a_message_with_its_successor() {
+    let (memory, faulty) = spawn(FaultConfig {
+        reorder: 1.0,
+        ..config()
+    })
+    .await;
+    faulty.publish(Q, message("first")).await.expect("publish");
+    assert_eq!(memory.ready_len(Q), 0, "held back");
+    assert_eq!(faulty.pending(Q).await.expect("pending"), Some(1));
+    faulty.publish(Q, message("second")).await.expect("publish");
+    assert_eq!(drain(&faulty).await, ["second", "first"]);
+
+    // Within a batch too: pairs swap.
+    faulty
+        .publish_batch(Q, vec![message("a"), message("b"), message("c"), message("d")])
+        .await
+        .expect("publish_batch");
+    assert_eq!(drain(&faulty).await, ["b", "a", "d", "c"]);
+    assert_eq!(faulty.counters().reordered, 3);
+    assert_eq!(faulty.in_flight(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_held_message_without_successor_is_sent_after_the_window() {
+    let (memory, faulty) = spawn(FaultConfig {
+        reorder: 1.0,
+        ..config()
+    })
+    .await;
+    faulty.publish(Q, message("lonely")).await.expect("publish");
+    tokio::time::sleep(REORDER_WINDOW / 2).await;
+    assert_eq!(memory.ready_len(Q), 0);
+    assert_eq!(faulty.pending(Q).await.expect("pending"), Some(1));
+    tokio::time::sleep(REORDER_WINDOW).await;
+    assert_eq!(memory.ready_len(Q), 1);
+    assert_eq!(faulty.in_flight(), 0);
+    assert_eq!(drain(&faulty).await, ["lonely"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn release_held_sends_held_messages_at_once() {
+    let (memory, faulty) = spawn(FaultConfig {
+        reorder: 1.0,
+        ..config()
+    })
+    .await;
+    faulty.publish(Q, message("held")).await.expect("publish");
+    faulty.release_held().await.expect("release");
+    assert_eq!(memory.ready_len(Q), 1);
+    assert_eq!(faulty.in_flight(), 0);
+    // The window timer finds the slot empty and sends nothing twice.
+    tokio::time::sleep(REORDER_WINDOW * 2).await;
+    assert_eq!(drain(&faulty).await, ["held"]);
+}
+
+/// Every fault at once: whatever is not dropped arrives, duplicates once more, and
+/// nothing stays in flight.
+#[tokio::test(start_paused = true)]
+async fn all_faults_together_account_for_every_message() {
+    let (_memory, faulty) = spawn(FaultConfig {
+        drop: 0.2,
+        duplicate: 0.2,
+        delay: 0.2,
+        reorder: 0.2,
+        ..config()
+    })
+    .await;
+    let n = 500;
+    for i in 0..n {
+        faulty.publish(Q, message(&format!("m{i}"))).await.expect("publish");
+    }
+    quiesce(&faulty).await;
+    let got = drain(&faulty).await;
+    let c = faulty.counters();
+    assert!(
+        c.dropped > 0 && c.duplicated > 0 && c.delayed > 0 && c.reordered > 0,
+        "{c:?}"
+    );
+    assert_eq!(got.len() as u64, n - c.dropped + c.duplicated, "{c:?}");
+    let distinct: std::collections::BTreeSet<_> = got.iter().collect();
+    assert_eq!(distinct.len() as u64, n - c.dropped);
+}
+
+/// Runs one fixed sequence of calls and returns the counters and what arrived.
+async fn replay(seed: u64) -> (FaultCounters, Vec<String>) {
+    let (_memory, faulty) = spawn(FaultConfig {
+        drop: 0.3,
+        duplicate: 0.3,
+        delay: 0.3,
+        reorder: 0.3,
+        seed,
+        ..config()
+    })
+    .await;
+    for i in 0..100 {
+        faulty.publish(Q, message(&format!("m{i}"))).await.expect("publish");
+    }
+    faulty
+        .publish_batch(Q, (0..20).map(|i| message(&format!("b{i}"))).collect())
+        .await
+        .expect("publish_batch");
+    quiesce(&faulty).await;
+    let mut got = drain(&faulty).await;
+    got.sort();
+    (faulty.counters(), got)
+}
+
+#[tokio::test(start_paused = true)]
+async fn same_seed_same_faults() {
+    let (a, got_a) = replay(7).await;
+    let (b, got_b) = replay(7).await;
+    assert_eq!(a, b);
+    assert_eq!(got_a, got_b);
+    let (c, _) = replay(8).await;
+    assert_ne!(a, c, "another seed makes other decisions");
+}
+
+#[tokio::test(start_paused = true)]
+async fn set_config_reseeds() {
+    let (_memory, faulty) = spawn(FaultConfig { drop: 0.5, ..config() }).await;
+    let run = || async {
+        let before = faulty.counters().dropped;
+        for i in 0..64 {
+            faulty.publish(Q, message(&format!("m{i}"))).await.expect("publish");
+        }
+        faulty.counters().dropped - before
+    };
+    let first = run().await;
+    faulty.set_config(FaultConfig { drop: 0.5, ..config() }).expect("valid");
+    assert_eq!(run().await, first, "same seed again, same drops");
+}
+
+#[tokio::test(start_paused = true)]
+async fn disabled_faults_pass_through() {
+    let all = FaultConfig {
+        drop: 1.0,
+        duplicate: 1.0,
+        delay: 1.0,
+        reorder: 1.0,
+        ..config()
+    };
+    let (memory, faulty) = spawn(all).await;
+    assert!(faulty.is_enabled());
+    faulty.set_enabled(false);
+    faulty.publish(Q, message("a")).await.expect("publish");
+    faulty
+        .publish_batch(Q, vec![message("b"), message("c")])
+        .await
+        .expect("publish_batch");
+    assert_eq!(memory.ready_len(Q), 3, "sent at once");
+    assert_eq!(drain(&faulty).await, ["a", "b", "c"]);
+    assert_eq!(faulty.counters(), FaultCounters::default());
+
+    // And back on: the very next message is lost.
+    faulty.set_enabled(true);
+    faulty.publish(Q, message("d")).await.expect("publish");
+    assert!(drain(&faulty).await.is_empty());
+    assert_eq!(faulty.counters().dropped, 1);
+}
+
+#[tokio::test]
+async fn invalid_probabilities_are_rejected() {
+    for bad in [
+        FaultConfig { drop: 1.5, ..config() },
+        FaultConfig {
+            duplicate: -0.1,
+            ..config()
+        },
+        FaultConfig {
+            delay: f64::NAN,
+            ..config()
+        },
+        FaultConfig {
+            reorder: 5.0,
+            ..config()
+        },
+    ] {
+        let err = FaultyTransport::new(Arc::new(MemoryTransport::new()), bad.clone())
+            .err()
+            .expect("rejected");
+        assert!(matches!(err, Error::Config(_)), "{err}");
+    }
+
+    let faulty = FaultyTransport::new(Arc::new(MemoryTransport::new()), config()).expect("valid");
+    let err = faulty
+        .set_config(FaultConfig { drop: 2.0, ..config() })
+        .expect_err("rejected");
+    assert!(matches!(err, Error::Config(_)), "{err}");
+    assert_eq!(faulty.config(), config(), "the old configuration stays");
+}
+
+#[tokio::test(start_paused = true)]
+async fn wraps_a_dyn_transport_and_passes_through_the_rest() {
+    let memory = MemoryTransport::new();
+    let inner: Arc<dyn Transport> = Arc::new(memory.clone());
+    let faulty: Arc<dyn Transport> = Arc::new(FaultyTransport::new(inner, config()).expect("valid"));
+    assert_eq!(faulty.system(), "memory");
+    faulty.declare(Q).await.expect("declare");
+    faulty.publish(Q, message("x")).await.expect("publish");
+    assert_eq!(faulty.pending(Q).await.expect("pending"), Some(1));
+    assert_eq!(drain(&*faulty).await, ["x"]);
+}
