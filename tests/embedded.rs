@@ -98,18 +98,24 @@ async fn terminal_count(stack: &EmbeddedStack) -> u64 {
         + by_state.get(&SagaState::Cancelled).copied().unwrap_or(0)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn coordinator_killed_mid_way_resumes_every_saga() {
-    let dir = tempfile::tempdir().unwrap();
+/// A stack with 300 payments submitted and the first 30 finished: sagas are in every
+/// phase, the moment to pull the plug.
+async fn busy_stack(dir: &Path) -> (EmbeddedStack, Vec<SagaId>) {
     let transport: Arc<dyn Transport> = Arc::new(MemoryTransport::new());
-    let mut stack = EmbeddedStack::start(stack_config(dir.path(), Arc::new(SystemClock), brisk()), transport)
+    let stack = EmbeddedStack::start(stack_config(dir, Arc::new(SystemClock), brisk()), transport)
         .await
         .unwrap();
     let ids = submit_many(&stack, 300).await;
-    // Kill while sagas are in every phase.
     while terminal_count(&stack).await < 30 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    (stack, ids)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinator_killed_mid_way_resumes_every_saga() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut stack, ids) = busy_stack(dir.path()).await;
     stack.kill_coordinator().await;
     let done_at_kill = terminal_count_from_file(dir.path()).await;
     assert!(done_at_kill < 300, "the kill came too late to test anything");
@@ -144,14 +150,7 @@ async fn count_timeline(stack: &EmbeddedStack, ids: &[SagaId], kind: &str) -> us
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn participant_killed_mid_way_recovers_without_double_effects() {
     let dir = tempfile::tempdir().unwrap();
-    let transport: Arc<dyn Transport> = Arc::new(MemoryTransport::new());
-    let mut stack = EmbeddedStack::start(stack_config(dir.path(), Arc::new(SystemClock), brisk()), transport)
-        .await
-        .unwrap();
-    let ids = submit_many(&stack, 300).await;
-    while terminal_count(&stack).await < 30 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let (mut stack, ids) = busy_stack(dir.path()).await;
     // Abort the bank mid-batch: its unacked deliveries go back to the queue, its
     // uncommitted transaction is lost, replies it had not sent are never sent.
     stack.kill_participant(ReferenceParticipant::Bank).await;
