@@ -24,6 +24,9 @@ pub enum Command {
     /// Run one reference participant as its own process, with /healthz on http.listen.
     /// Stops gracefully on SIGTERM.
     Participant(crate::service::ParticipantArgs),
+    /// Inject faults (message drop / duplicate / delay / reorder, process kills) under a
+    /// payment workload, wait for quiescence, check every SPEC §4 invariant and report.
+    Chaos(crate::chaos::ChaosArgs),
 }
 
 #[derive(Debug, Args)]
@@ -84,6 +87,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => run_demo(args).await,
         Command::Coordinator(args) => crate::service::run_coordinator(args).await,
         Command::Participant(args) => crate::service::run_participant(args).await,
+        Command::Chaos(args) => crate::chaos::run_cli(args).await,
     }
 }
 

@@ -188,10 +188,12 @@ impl Config {
             anyhow::ensure!(f.is_file(), "config file {} does not exist", f.display());
             figment = figment.merge(Toml::file(f));
         }
-        // `KESSAI_REQUIRE_SERVICES` and `KESSAI_TEST_*` belong to the test suite.
-        let env = Env::prefixed("KESSAI_")
-            .split("__")
-            .filter(|k| !k.as_str().starts_with("require_services") && !k.as_str().starts_with("test_"));
+        // `KESSAI_REQUIRE_SERVICES` and `KESSAI_TEST_*` belong to the test suite. The key
+        // keeps the variable's case here (`REQUIRE_SERVICES`): compare without it.
+        let env = Env::prefixed("KESSAI_").split("__").filter(|k| {
+            let k = k.as_str().to_ascii_lowercase();
+            !k.starts_with("require_services") && !k.starts_with("test_")
+        });
         let config: Config = figment.merge(env).extract().context("invalid configuration")?;
         config.validate()?;
         Ok(config)

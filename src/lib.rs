@@ -10,6 +10,8 @@
 //!   crash (`kill_*`) and restart hooks for tests and the chaos harness.
 //! - [`demo`]: `kessai demo` — seeds, submits N payments at concurrency C, waits,
 //!   checks the invariants, reports.
+//! - [`chaos`]: `kessai chaos` — faults (drop, duplicate, delay, reorder, process
+//!   kills) under load, then quiescence, the invariants and the barrier records.
 //! - [`invariants`]: SPEC §4 checked from the coordinator's outcomes and each
 //!   participant's own books.
 //! - [`service`]: `kessai coordinator` / `kessai participant <name>` — one service per
@@ -21,6 +23,7 @@
 //! - [`config`]: layered configuration (defaults ← TOML ← `KESSAI_*`).
 //! - [`telemetry`]: logging set-up (the OpenTelemetry layer will join it).
 
+pub mod chaos;
 pub mod cli;
 pub mod config;
 pub mod demo;
