@@ -1,0 +1,708 @@
+//! kessai deployed the real way: the `kessai` binary started as four OS processes —
+//! `kessai coordinator` and `kessai participant balance|card-issuer|bank` — each on its
+//! own PostgreSQL database, talking over RabbitMQ or SQS, configured only through
+//! `KESSAI_*` environment variables.
+//!
+//! Each test gets its own database prefix and queue prefix (dropped / deleted at the
+//! end, also on failure), waits for every process's `/healthz`, submits payments over
+//! HTTP (some routed to the frozen settlement account, so the bank rejects their try),
+//! waits for every saga to end, stops the processes with SIGTERM (they must exit 0),
+//! and checks SPEC §4 from each service's own database.
+//!
+//! Servers follow the `kessai_transport::testing` rule: unreachable → skip with a
+//! note, unless `KESSAI_REQUIRE_SERVICES=1` → fail.
+
+use futures::FutureExt;
+use futures::stream::{self, StreamExt};
+use kessai::invariants::{self, Resubmission, SagaOutcome};
+use kessai_coordinator::SagaState;
+use kessai_messages::SagaId;
+use kessai_messages::payment::DEFAULT_SETTLEMENT_ACCOUNT;
+use kessai_migrations::Service;
+use kessai_participants::ReferenceParticipant;
+use kessai_participants::ledger::{DEMO_ACCOUNTS, FROZEN_SETTLEMENT_ACCOUNT, demo_account_id, demo_card_id};
+use kessai_transport::testing::{amqp_url, broker_lock, host_port, postgres_url, require_service, sqs_endpoint};
+use kessai_transport::{SqsConfig, SqsTransport, Topology};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::fs::File;
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Every `FAIL_EVERY`-th payment draws on the frozen settlement account.
+const FAIL_EVERY: usize = 7;
+const SUBMIT_CONCURRENCY: usize = 16;
+const READY_WITHIN: Duration = Duration::from_secs(60);
+const TERMINAL_WITHIN: Duration = Duration::from_secs(60);
+const EXIT_WITHIN: Duration = Duration::from_secs(20);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Broker {
+    Amqp,
+    Sqs,
+}
+
+impl Broker {
+    fn kind(self) -> &'static str {
+        match self {
+            Broker::Amqp => "amqp",
+            Broker::Sqs => "sqs",
+        }
+    }
+
+    /// Payments per run. The SQS emulator (moto) tops out near 7 sagas/s on this kind
+    /// of machine (every hop is several HTTP calls into one Python process, and its
+    /// receive scans the whole queue), so the SQS run is smaller to stay well inside
+    /// the time budget; RabbitMQ takes 200 in a few seconds.
+    fn payments(self) -> usize {
+        match self {
+            Broker::Amqp => 200,
+            Broker::Sqs => 60,
+        }
+    }
+}
+
+#[tokio::test]
+async fn four_processes_over_rabbitmq_and_postgres() {
+    // Shared lock first: the outage test stops the broker while holding it exclusively.
+    let _lock = broker_lock("rabbit", false);
+    if !require_service("PostgreSQL", &host_port(&postgres_url(), 5432))
+        || !require_service("RabbitMQ", &host_port(&amqp_url(), 5672))
+    {
+        return;
+    }
+    run(Broker::Amqp).await;
+}
+
+#[tokio::test]
+async fn four_processes_over_sqs_and_postgres() {
+    if !require_service("PostgreSQL", &host_port(&postgres_url(), 5432))
+        || !require_service("the SQS emulator", &host_port(&sqs_endpoint(), 80))
+    {
+        return;
+    }
+    run(Broker::Sqs).await;
+}
+
+/// Containers start in any order: a service whose broker is not up yet waits for it
+/// (not ready, backing off) instead of exiting, and becomes ready once it appears.
+#[tokio::test]
+async fn a_service_waits_for_its_broker_at_start() {
+    let _lock = broker_lock("rabbit", false);
+    if !require_service("PostgreSQL", &host_port(&postgres_url(), 5432))
+        || !require_service("RabbitMQ", &host_port(&amqp_url(), 5672))
+    {
+        return;
+    }
+    let mut d = Deployment::new(Broker::Amqp);
+    let outcome = AssertUnwindSafe(async {
+        // The broker's address is a port nobody listens on yet.
+        let late_port = free_port();
+        let late_url = format!("amqp://guest:guest@127.0.0.1:{late_port}/%2f");
+        d.start_with("bank", &[("KESSAI_TRANSPORT__AMQP_URL", &late_url)]);
+        let bank = d.process("bank").port;
+        let waiting = Instant::now() + Duration::from_secs(30);
+        while !std::fs::read_to_string(&d.process("bank").log)
+            .unwrap_or_default()
+            .contains("broker unreachable; waiting for it")
+        {
+            d.assert_running();
+            assert!(Instant::now() < waiting, "no sign of waiting for the broker");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            !matches!(http(bank, "GET", "/healthz", None).await, Ok((200, _))),
+            "ready without a broker"
+        );
+
+        // The broker appears at that address: a TCP relay to the real one.
+        let relay = tokio::net::TcpListener::bind(("127.0.0.1", late_port)).await.unwrap();
+        let upstream = host_port(&amqp_url(), 5672);
+        let relay = tokio::spawn(async move {
+            while let Ok((mut client, _)) = relay.accept().await {
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        d.wait_ready().await;
+        d.stop_gracefully().await;
+        relay.abort();
+    })
+    .catch_unwind()
+    .await;
+    d.clean_up(outcome.is_err()).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+#[test]
+fn bad_configuration_exits_non_zero_with_a_clear_message() {
+    let fails = |args: &[&str], env: &[(&str, &str)], expect: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kessai"));
+        clean_env(&mut cmd);
+        let out = cmd.args(args).envs(env.iter().copied()).output().expect("run kessai");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} {env:?} succeeded: {stderr}");
+        for needle in expect {
+            assert!(
+                stderr.contains(needle),
+                "{args:?} {env:?}: {needle:?} not in stderr:\n{stderr}"
+            );
+        }
+    };
+    fails(
+        &["coordinator"],
+        &[("KESSAI_TRANSPORT__KIND", "pigeon")],
+        &["invalid configuration", "pigeon", "amqp"],
+    );
+    fails(
+        &["participant", "bank"],
+        &[("KESSAI_TRANSPORT__KIND", "pigeon")],
+        &["pigeon"],
+    );
+    fails(
+        &["coordinator"],
+        &[("KESSAI_TRANSPORT__KIND", "memory")],
+        &["memory", "amqp"],
+    );
+    fails(
+        &["coordinator", "--config", "/nonexistent/kessai.toml"],
+        &[],
+        &["/nonexistent/kessai.toml", "does not exist"],
+    );
+    fails(
+        &["coordinator"],
+        &[("KESSAI_COORDINATOR__TRY_TIMEOUT", "5")],
+        &["try_timeout"],
+    );
+    fails(&["participant", "wallet"], &[], &["wallet", "card-issuer"]);
+}
+
+/// Removes inherited `KESSAI_*` variables so only what a test sets reaches the child.
+fn clean_env(cmd: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("KESSAI_") {
+            cmd.env_remove(key);
+        }
+    }
+}
+
+/// One test's deployment: its names, its processes, its logs.
+struct Deployment {
+    broker: Broker,
+    /// `kt_<random>`: databases are `<prefix>_coordinator`, `<prefix>_balance`, ...
+    database_prefix: String,
+    /// `kt-<random>`: queues are `<prefix>-balance-commands`, ...
+    queue_prefix: String,
+    logs: tempfile::TempDir,
+    processes: Vec<ServiceProcess>,
+}
+
+struct ServiceProcess {
+    name: &'static str,
+    port: u16,
+    log: PathBuf,
+    child: Child,
+    exited: Option<ExitStatus>,
+}
+
+const SERVICES: [&str; 4] = ["coordinator", "balance", "card-issuer", "bank"];
+
+impl Deployment {
+    fn new(broker: Broker) -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+        Deployment {
+            broker,
+            database_prefix: format!("kt_{id}"),
+            queue_prefix: format!("kt-{id}"),
+            logs: tempfile::Builder::new().prefix("kessai-processes-").tempdir().unwrap(),
+            processes: Vec::new(),
+        }
+    }
+
+    fn start(&mut self, service: &'static str) {
+        self.start_with(service, &[]);
+    }
+
+    /// Starts `service` with `overrides` on top of the deployment's environment.
+    fn start_with(&mut self, service: &'static str, overrides: &[(&str, &str)]) {
+        let port = free_port();
+        let log = self.logs.path().join(format!("{service}.log"));
+        let out = File::create(&log).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kessai"));
+        clean_env(&mut cmd);
+        if service == "coordinator" {
+            cmd.arg("coordinator");
+        } else {
+            cmd.args(["participant", service]);
+        }
+        cmd.env("RUST_LOG", "info,sqlx=warn,sea_orm=warn,lapin=warn,aws=warn")
+            .env("KESSAI_QUEUE_PREFIX", &self.queue_prefix)
+            .env("KESSAI_TRANSPORT__KIND", self.broker.kind())
+            .env("KESSAI_TRANSPORT__AMQP_URL", amqp_url())
+            .env("KESSAI_TRANSPORT__SQS_ENDPOINT_URL", sqs_endpoint())
+            .env("KESSAI_STORE__KIND", "postgres")
+            .env("KESSAI_STORE__POSTGRES_URL", postgres_url())
+            .env("KESSAI_STORE__DATABASE_PREFIX", &self.database_prefix)
+            .env("KESSAI_STORE__MAX_CONNECTIONS", "4")
+            .env("KESSAI_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+            .env("KESSAI_PARTICIPANT__SEED_DEMO", "true")
+            // CI exports this to every process; the binary's config must ignore it.
+            .env("KESSAI_REQUIRE_SERVICES", "1")
+            // Generous: only the frozen settlement account may cancel a payment here.
+            .env("KESSAI_COORDINATOR__TRY_TIMEOUT_MS", "30000")
+            // Resend late: on a loaded machine (or the slow SQS emulator) a burst of
+            // submissions takes seconds to drain, and resends sooner than that only
+            // add duplicates to the same queues. Redelivery is tested elsewhere.
+            .env("KESSAI_COORDINATOR__TRY_RESEND_INITIAL_MS", "10000")
+            .env("KESSAI_COORDINATOR__TRY_RESEND_MAX_MS", "20000")
+            .env("KESSAI_COORDINATOR__FINISH_RESEND_INITIAL_MS", "10000")
+            .env("KESSAI_COORDINATOR__FINISH_RESEND_MAX_MS", "20000")
+            .envs(overrides.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out);
+        let child = cmd.spawn().expect("start kessai");
+        self.processes.push(ServiceProcess {
+            name: service,
+            port,
+            log,
+            child,
+            exited: None,
+        });
+    }
+
+    fn process(&self, name: &str) -> &ServiceProcess {
+        self.processes.iter().find(|p| p.name == name).expect("started")
+    }
+
+    /// Panics (with the service's log) if a process has exited.
+    fn assert_running(&mut self) {
+        for p in &mut self.processes {
+            if let Some(status) = p.child.try_wait().unwrap() {
+                p.exited = Some(status);
+                panic!("{} exited early with {status}:\n{}", p.name, tail(&p.log));
+            }
+        }
+    }
+
+    /// Waits until every process's `/healthz` answers 200; checks what it reports.
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + READY_WITHIN;
+        for i in 0..self.processes.len() {
+            loop {
+                self.assert_running();
+                let p = &self.processes[i];
+                if let Ok((200, body)) = http(p.port, "GET", "/healthz", None).await {
+                    assert_eq!(body["status"], "ok", "{body}");
+                    assert_eq!(body["service"], p.name, "{body}");
+                    assert_eq!(body["checks"]["database"]["status"], "ok", "{body}");
+                    assert_eq!(body["checks"]["transport"]["status"], "ok", "{body}");
+                    assert_eq!(body["checks"]["transport"]["system"], self.broker.kind(), "{body}");
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{} not ready within {READY_WITHIN:?}:\n{}",
+                    p.name,
+                    tail(&p.log)
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+
+    /// SIGTERM to every process; each must exit 0 within [`EXIT_WITHIN`].
+    async fn stop_gracefully(&mut self) {
+        for p in &self.processes {
+            // SAFETY: kill(2) with a pid we spawned and have not reaped.
+            let rc = unsafe { libc::kill(p.child.id() as libc::pid_t, libc::SIGTERM) };
+            assert_eq!(rc, 0, "SIGTERM to {}", p.name);
+        }
+        let deadline = Instant::now() + EXIT_WITHIN;
+        for p in &mut self.processes {
+            let status = loop {
+                if let Some(status) = p.child.try_wait().unwrap() {
+                    break status;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{} still running {EXIT_WITHIN:?} after SIGTERM:\n{}",
+                    p.name,
+                    tail(&p.log)
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            p.exited = Some(status);
+            assert!(status.success(), "{} exited with {status}:\n{}", p.name, tail(&p.log));
+            let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+            assert!(
+                log.contains("stopped cleanly"),
+                "{} did not report a clean stop:\n{log}",
+                p.name
+            );
+        }
+    }
+
+    fn database(&self, service: &str) -> String {
+        format!("{}_{}", self.database_prefix, service.replace('-', "_"))
+    }
+
+    fn queues(&self) -> Vec<String> {
+        let topology = Topology::new(self.queue_prefix.clone());
+        let mut queues: Vec<String> = ReferenceParticipant::ALL
+            .iter()
+            .map(|p| topology.command_queue(p.name()))
+            .collect();
+        queues.push(topology.reply_queue());
+        queues
+            .iter()
+            .flat_map(|q| [q.clone(), Topology::dead_letter_queue(q)])
+            .collect()
+    }
+
+    /// Kills what still runs, drops the databases, deletes the queues. Best effort.
+    async fn clean_up(&mut self, failed: bool) {
+        self.kill_all();
+        if failed {
+            for p in &self.processes {
+                eprintln!("---- {} (port {}) log tail ----\n{}", p.name, p.port, tail(&p.log));
+            }
+        }
+        for service in SERVICES {
+            if let Err(e) = kessai_migrations::drop_postgres_database(&postgres_url(), &self.database(service)).await {
+                eprintln!("dropping {}: {e}", self.database(service));
+            }
+        }
+        match self.broker {
+            Broker::Amqp => {
+                let Ok(connection) =
+                    lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await
+                else {
+                    return;
+                };
+                if let Ok(channel) = connection.create_channel().await {
+                    for q in self.queues() {
+                        let _ = channel
+                            .queue_delete(q.as_str().into(), lapin::options::QueueDeleteOptions::default())
+                            .await;
+                    }
+                }
+                let _ = connection.close(200, "bye".into()).await;
+            }
+            Broker::Sqs => {
+                let Ok(sqs) = SqsTransport::connect(sqs_config()).await else {
+                    return;
+                };
+                for q in self.queues() {
+                    if let Ok(url) = sqs.queue_url(&q).await {
+                        let _ = sqs.client().delete_queue().queue_url(url).send().await;
+                    }
+                }
+            }
+        }
+    }
+
+    fn kill_all(&mut self) {
+        for p in &mut self.processes {
+            if p.exited.is_none() {
+                let _ = p.child.kill();
+                p.exited = p.child.wait().ok();
+            }
+        }
+    }
+}
+
+/// The guard: whatever happens to the test, no child outlives it.
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}
+
+fn sqs_config() -> SqsConfig {
+    SqsConfig {
+        endpoint_url: Some(sqs_endpoint()),
+        access_key_id: Some("test".into()),
+        secret_access_key: Some("test".into()),
+        ..SqsConfig::default()
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_else(|e| format!("(cannot read {}: {e})", log.display()));
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// A minimal HTTP/1.1 client (one request per connection): status and JSON body.
+async fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> std::io::Result<(u16, Value)> {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        let mut request = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+        if let Some(body) = body {
+            request.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ));
+        } else {
+            request.push_str("\r\n");
+        }
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        Ok::<_, std::io::Error>(response)
+    };
+    let response = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no HTTP answer within 10 s"))??;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {text:?}")))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no status in {head:?}")))?;
+    let body = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_owned()))
+    };
+    Ok((status, body))
+}
+
+/// Runs the scenario, then cleans up whatever happened; re-raises a failure.
+async fn run(broker: Broker) {
+    let started = Instant::now();
+    let mut deployment = Deployment::new(broker);
+    let outcome = AssertUnwindSafe(scenario(&mut deployment)).catch_unwind().await;
+    deployment.clean_up(outcome.is_err()).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+    eprintln!("{broker:?}: {:.1} s", started.elapsed().as_secs_f64());
+}
+
+struct Submitted {
+    payment_id: String,
+    body: String,
+    frozen: bool,
+    saga_id: SagaId,
+}
+
+async fn scenario(d: &mut Deployment) {
+    for service in SERVICES {
+        d.start(service);
+    }
+    d.wait_ready().await;
+    let api = d.process("coordinator").port;
+    let t_ready = Instant::now();
+
+    if d.broker == Broker::Amqp {
+        client_errors_are_clear(api).await;
+    }
+
+    // Submit.
+    let run = &d.queue_prefix;
+    let payments = d.broker.payments();
+    let requests: Vec<(String, String, bool)> = (0..payments)
+        .map(|i| {
+            let frozen = i % FAIL_EVERY == 3;
+            let payment_id = format!("{run}-{i}");
+            let n = (i as u32 * 7919) % DEMO_ACCOUNTS + 1;
+            let body = json!({
+                "payment_id": payment_id,
+                "account_id": demo_account_id(n),
+                "card_id": demo_card_id(DEMO_ACCOUNTS + 1 - n),
+                "amount": 100 + (i as i64 * 37) % 5_000,
+                "currency": "EUR",
+                "settlement_account": if frozen { FROZEN_SETTLEMENT_ACCOUNT } else { DEFAULT_SETTLEMENT_ACCOUNT },
+            })
+            .to_string();
+            (payment_id, body, frozen)
+        })
+        .collect();
+    let submitted: Vec<Submitted> = stream::iter(requests)
+        .map(|(payment_id, body, frozen)| async move {
+            let (status, answer) = http(api, "POST", "/v1/payments", Some(&body)).await.expect("POST");
+            assert_eq!(status, 202, "{payment_id}: {answer}");
+            assert_eq!(answer["created"], true, "{payment_id}: {answer}");
+            let saga_id: SagaId = answer["saga_id"].as_str().expect("saga_id").parse().expect("uuid");
+            Submitted {
+                payment_id,
+                body,
+                frozen,
+                saga_id,
+            }
+        })
+        .buffer_unordered(SUBMIT_CONCURRENCY)
+        .collect()
+        .await;
+    let t_submitted = Instant::now();
+
+    // The same payment_id again is the same saga, and creates nothing.
+    let mut resubmissions = Vec::new();
+    for s in submitted.iter().take(10) {
+        let (status, answer) = http(api, "POST", "/v1/payments", Some(&s.body)).await.expect("POST");
+        assert_eq!(status, 202, "{}: {answer}", s.payment_id);
+        resubmissions.push(Resubmission {
+            first: s.saga_id,
+            again: answer["saga_id"].as_str().expect("saga_id").parse().expect("uuid"),
+            created: answer["created"] != false,
+        });
+    }
+
+    // Wait until every saga is terminal, polling the API.
+    let mut states: HashMap<SagaId, SagaState> = HashMap::new();
+    let deadline = Instant::now() + TERMINAL_WITHIN;
+    loop {
+        let open: Vec<SagaId> = submitted
+            .iter()
+            .map(|s| s.saga_id)
+            .filter(|id| !states.get(id).is_some_and(|s| s.is_terminal()))
+            .collect();
+        if open.is_empty() {
+            break;
+        }
+        d.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "{} of {payments} sagas not terminal within {TERMINAL_WITHIN:?}, e.g. {}",
+            open.len(),
+            open[0]
+        );
+        let polled: Vec<(SagaId, SagaState)> = stream::iter(open)
+            .map(|id| async move {
+                let (status, view) = http(api, "GET", &format!("/v1/sagas/{id}"), None).await.expect("GET");
+                assert_eq!(status, 200, "{id}: {view}");
+                assert_eq!(view["id"], id.to_string());
+                (id, serde_json::from_value(view["state"].clone()).expect("a saga state"))
+            })
+            .buffer_unordered(SUBMIT_CONCURRENCY)
+            .collect()
+            .await;
+        states.extend(polled);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let t_terminal = Instant::now();
+    for s in &submitted {
+        let expected = if s.frozen {
+            SagaState::Cancelled
+        } else {
+            SagaState::Confirmed
+        };
+        assert_eq!(
+            states[&s.saga_id], expected,
+            "{} (frozen settlement: {})",
+            s.payment_id, s.frozen
+        );
+    }
+
+    d.stop_gracefully().await;
+    let t_stopped = Instant::now();
+
+    // SPEC §4, from each service's own database.
+    let server = postgres_url();
+    let open = |service: &str, kind: Service| {
+        let url = kessai_migrations::postgres_database_url(&server, &d.database(service));
+        async move { kessai_migrations::open(&url, kind, 2).await.expect("open database") }
+    };
+    let coordinator = open("coordinator", Service::Coordinator).await;
+    assert_eq!(
+        kessai_coordinator::store::outbox_len(&coordinator).await.unwrap(),
+        0,
+        "the coordinator left its outbox unflushed"
+    );
+    let outcomes: Vec<SagaOutcome> = kessai_coordinator::store::outcomes(&coordinator)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, state, request)| SagaOutcome::from_row(id, state, &request))
+        .collect();
+    coordinator.close().await.unwrap();
+    assert_eq!(outcomes.len(), payments, "resubmissions must create no saga");
+    let mut audits = Vec::new();
+    for (p, kind) in ReferenceParticipant::ALL
+        .into_iter()
+        .zip([Service::Balance, Service::CardIssuer, Service::Bank])
+    {
+        let db = open(p.name(), kind).await;
+        audits.push(p.audit(&db).await.expect("audit"));
+        db.close().await.unwrap();
+    }
+    let acknowledged: Vec<SagaId> = submitted.iter().map(|s| s.saga_id).collect();
+    let report = invariants::check_all(&outcomes, &audits, &acknowledged, &resubmissions);
+    assert!(report.ok(), "SPEC §4 violated over {:?}: {report:#?}", d.broker);
+
+    let cancelled = submitted.iter().filter(|s| s.frozen).count();
+    eprintln!(
+        "{:?}: {payments} payments ({} confirmed, {cancelled} cancelled): submitted in {:.1} s, all terminal {:.1} s later, SIGTERM → all exited in {:.1} s",
+        d.broker,
+        payments - cancelled,
+        (t_submitted - t_ready).as_secs_f64(),
+        (t_terminal - t_submitted).as_secs_f64(),
+        (t_stopped - t_terminal).as_secs_f64(),
+    );
+}
+
+/// Bad input gets a 4xx with a JSON error the client can act on, never a 5xx.
+async fn client_errors_are_clear(api: u16) {
+    let cases: [(&str, &str, Option<&str>, u16, &str); 6] = [
+        ("POST", "/v1/payments", Some("{not json"), 400, "malformed_json"),
+        (
+            "POST",
+            "/v1/payments",
+            Some(r#"{"payment_id":"x","account_id":"acct-1","card_id":"card-1","amount":100,"currency":"euro"}"#),
+            422,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/payments",
+            Some(r#"{"payment_id":"x","account_id":"acct-1","card_id":"card-1","amount":-5,"currency":"EUR"}"#),
+            422,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/payments",
+            Some(r#"{"payment_id":"x","account_id":"acct-1","card_id":"card-1","amount":1.5,"currency":"EUR"}"#),
+            422,
+            "invalid_request",
+        ),
+        ("GET", "/v1/sagas/not-a-uuid", None, 400, "invalid_saga_id"),
+        (
+            "GET",
+            "/v1/sagas/0190d9a4-6b2e-7000-8000-000000000000",
+            None,
+            404,
+            "saga_not_found",
+        ),
+    ];
+    for (method, path, body, status, code) in cases {
+        let (got, answer) = http(api, method, path, body).await.expect("HTTP");
+        assert_eq!(
+            (got, answer["error"].as_str()),
+            (status, Some(code)),
+            "{method} {path} {body:?}: {answer}"
+        );
+        assert!(answer["message"].as_str().is_some_and(|m| !m.is_empty()), "{answer}");
+    }
+}
