@@ -4,7 +4,7 @@ use crate::config::Config;
 use crate::invariants::{self, InvariantReport, Resubmission, SagaOutcome};
 use crate::stack::{DatabaseUrls, EmbeddedStack, StackConfig};
 use anyhow::{Context, bail};
-use kessai_coordinator::{Coordinator, SagaState, SystemClock};
+use kessai_coordinator::{Coordinator, CoordinatorConfig, SagaState, SystemClock};
 use kessai_messages::payment::DEFAULT_SETTLEMENT_ACCOUNT;
 use kessai_messages::{Currency, Payment, SagaId};
 use kessai_participants::ReferenceParticipant;
@@ -159,6 +159,22 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         coordinator.reply_workers = coordinator.reply_workers.max(4);
         participant.workers = participant.workers.max(8);
         participant.batch_size = 1;
+    }
+    if opts.transport == TransportKind::Sqs {
+        // SQS answers in tens of milliseconds per call (the local emulator in hundreds):
+        // resending as eagerly as on RabbitMQ only floods the queues with duplicates.
+        // Unless the config says otherwise, wait longer before a resend and give the
+        // try phase longer before the deadline cancels it.
+        let defaults = CoordinatorConfig::default();
+        if coordinator.policy == defaults.policy {
+            coordinator.policy.try_resend.initial_ms = 10_000;
+            coordinator.policy.try_resend.max_ms = 20_000;
+            coordinator.policy.finish_resend.initial_ms = 10_000;
+            coordinator.policy.finish_resend.max_ms = 60_000;
+        }
+        if coordinator.try_timeout == defaults.try_timeout {
+            coordinator.try_timeout = std::time::Duration::from_secs(30);
+        }
     }
     let stack_config = StackConfig {
         urls,
