@@ -29,6 +29,13 @@ pub enum Command {
     Chaos(crate::chaos::ChaosArgs),
 }
 
+impl Command {
+    /// A long-running service (as opposed to a command that prints a report).
+    pub fn is_service(&self) -> bool {
+        matches!(self, Command::Coordinator(_) | Command::Participant(_))
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// How many payments to submit (a positive integer).
