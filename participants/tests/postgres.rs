@@ -299,6 +299,80 @@ async fn concurrent_batches_with_the_same_commands_do_not_deadlock() {
     pg.drop_db().await;
 }
 
+/// A batch that loses a deadlock gives up its locks at once. Here another
+/// transaction holds the wallet `acct-1` and waits for a barrier key the batch claimed
+/// in an earlier command; the batch then needs `acct-1`. PostgreSQL makes the batch the
+/// victim. Carrying on with the same transaction would keep the key, and every later
+/// command of the batch on `acct-1` would close the cycle again, one
+/// `deadlock_timeout` (1 s) each (a hot row, like the bank's settlement account, makes
+/// that every command); abandoning the batch lets the other transaction through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_that_loses_a_deadlock_releases_its_locks() {
+    let Some(pg) = PgDb::spawn().await else {
+        return;
+    };
+    let transport = MemoryTransport::new();
+    let queue = Topology::default().command_queue(BALANCE);
+    transport.declare(&queue).await.unwrap();
+    let runtime = ParticipantRuntime::with_config(
+        BalanceParticipant,
+        pg.db.clone(),
+        Arc::new(transport.clone()),
+        RuntimeConfig::default(),
+    );
+    // Saga ids sort in creation order: the batch applies `shared` first.
+    let (first, shared) = (SagaId::new(), SagaId::new());
+    let later: Vec<SagaId> = (0..6).map(|_| SagaId::new()).collect();
+    let batch: Vec<Envelope> = std::iter::once(cmd(shared, "acct-2", Operation::Try, 1))
+        .chain(later.iter().map(|s| cmd(*s, "acct-1", Operation::Try, 1)))
+        .collect();
+    for e in &batch {
+        transport
+            .publish(&queue, OutgoingMessage::new(e.encode()))
+            .await
+            .unwrap();
+    }
+    let mut consumer = transport.consume(&queue, ConsumeOptions::default()).await.unwrap();
+    let deliveries = consumer.next_batch(batch.len()).await.unwrap();
+    assert_eq!(deliveries.len(), batch.len());
+
+    // The other transaction takes `acct-1`...
+    let other = pg.db.begin().await.unwrap();
+    let outcome = handle_command(&BalanceParticipant, &other, &cmd(first, "acct-1", Operation::Try, 1)).await;
+    assert_eq!(outcome.unwrap(), Outcome::Ok);
+    // ...the batch claims `shared`, then waits for `acct-1`...
+    let worker = {
+        let runtime = runtime.clone();
+        tokio::spawn(async move { runtime.process_batch(deliveries).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ...and the other transaction needs `shared`: a cycle, the batch is the victim.
+    let started = std::time::Instant::now();
+    let claimed = handle_command(&BalanceParticipant, &other, &cmd(shared, "acct-2", Operation::Try, 1)).await;
+    let waited = started.elapsed();
+    assert_eq!(
+        claimed.expect("the batch let go of its locks after losing the deadlock"),
+        Outcome::Ok
+    );
+    assert!(
+        waited < Duration::from_secs(3),
+        "the other transaction waited {waited:?}"
+    );
+    other.commit().await.unwrap();
+    assert!(worker.await.unwrap().is_err(), "the batch was abandoned");
+
+    // Redelivered, the batch goes through; `shared` took effect once.
+    let again = consumer.next_batch(batch.len()).await.unwrap();
+    assert_eq!(again.len(), batch.len());
+    let report = runtime.process_batch(again).await.unwrap();
+    assert_eq!(report.replied, batch.len());
+    let audit = BalanceParticipant::audit(&pg.db).await.unwrap();
+    assert_eq!(audit.reserved, 8);
+    assert_eq!(audit.barrier_records, 8);
+    assert!(audit.is_consistent());
+    pg.drop_db().await;
+}
+
 #[test]
 fn database_name_is_replaced_in_urls() {
     assert_eq!(

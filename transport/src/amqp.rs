@@ -29,7 +29,9 @@
 //!   exponential backoff, and consumers re-open their channel and `basic.consume` on
 //!   their own. Deliveries from the dead channel cannot be settled any more: their
 //!   `ack` returns [`Error::Unavailable`] and the broker redelivers them, which
-//!   at-least-once with idempotent handlers absorbs.
+//!   at-least-once with idempotent handlers absorbs. Every ack and nack is bounded
+//!   ([`SETTLE_TIMEOUT`]): one lapin accepted just as the connection died may never
+//!   resolve, and must not stall a batch or a graceful shutdown.
 //! - **Throughput.** Publishes go round-robin over a small pool of confirm-mode
 //!   channels (lapin channels are safe to share between tasks, RabbitMQ runs one
 //!   process per channel), and `publish_batch` pipelines: it sends every message, then
@@ -599,12 +601,45 @@ struct Live {
     channel: Channel,
     tag: ShortString,
     deliveries: mpsc::UnboundedReceiver<Received>,
+    /// Set once a settle on this channel stalled (see [`settle_bounded`]).
+    stalled: Arc<AtomicBool>,
 }
 
 const REQUEUE: BasicNackOptions = BasicNackOptions {
     multiple: false,
     requeue: true,
 };
+
+/// Longest an ack or nack may take. lapin resolves one once its frame is handed to
+/// the connection, normally at once; but one issued just as the connection dies (a
+/// broker stop) can stay unresolved forever, and with it whatever awaits it: a
+/// participant's batch, a graceful shutdown. Past this bound the delivery counts as
+/// not settled: the broker redelivers it when it drops the dead connection.
+pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An ack or nack bounded by [`SETTLE_TIMEOUT`]. Once one on a channel stalls,
+/// `stalled` marks that channel dead, so the rest of its deliveries fail at once
+/// instead of each waiting out the bound.
+async fn settle_bounded(
+    stalled: &AtomicBool,
+    what: &str,
+    settle: impl std::future::Future<Output = lapin::Result<bool>>,
+) -> Result<(), Error> {
+    if stalled.load(Ordering::SeqCst) {
+        return Err(Error::Unavailable(format!(
+            "{what}: the delivery's channel stalled; the broker will redeliver it"
+        )));
+    }
+    match tokio::time::timeout(SETTLE_TIMEOUT, settle).await {
+        Ok(result) => settled(result, what),
+        Err(_) => {
+            stalled.store(true, Ordering::SeqCst);
+            Err(Error::Unavailable(format!(
+                "{what}: no answer within {SETTLE_TIMEOUT:?}; the broker will redeliver it"
+            )))
+        }
+    }
+}
 
 /// Moves deliveries from lapin to the consumer until the subscription ends (cancel,
 /// channel or connection loss). A delivery the consumer is no longer there to take
@@ -614,7 +649,7 @@ async fn pump(mut stream: lapin::Consumer, deliveries: mpsc::UnboundedSender<Rec
         let failed = item.is_err();
         let item = item.map(|d| (d, InFlight::new(&in_flight)));
         if let Err(mpsc::error::SendError(Ok((d, _in_flight)))) = deliveries.send(item) {
-            let _ = d.acker.nack(REQUEUE).await;
+            let _ = tokio::time::timeout(SETTLE_TIMEOUT, d.acker.nack(REQUEUE)).await;
         }
         if failed {
             break;
@@ -655,16 +690,22 @@ impl AmqpConsumer {
             channel,
             tag,
             deliveries,
+            stalled: Arc::new(AtomicBool::new(false)),
         })
     }
 
-    fn delivery(&self, channel: &Channel, (d, in_flight): (lapin::message::Delivery, InFlight)) -> Delivery {
+    fn delivery(
+        &self,
+        (channel, stalled): (&Channel, &Arc<AtomicBool>),
+        (d, in_flight): (lapin::message::Delivery, InFlight),
+    ) -> Delivery {
         let headers = from_field_table(d.properties.headers().as_ref());
         let settle = AmqpSettle {
             shared: self.shared.clone(),
             queue: self.queue.clone(),
             acker: Some(d.acker),
             channel: Some(channel.clone()),
+            stalled: stalled.clone(),
             payload: d.data.clone(),
             headers: headers.clone(),
             runtime: self.runtime.clone(),
@@ -706,7 +747,7 @@ impl Consumer for AmqpConsumer {
             match tokio::time::timeout_at(deadline, live.deliveries.recv()).await {
                 Err(_) => return Ok(Vec::new()),
                 Ok(Some(Ok(first))) => {
-                    let channel = live.channel.clone();
+                    let (channel, stalled) = (live.channel.clone(), live.stalled.clone());
                     let mut batch = vec![first];
                     // A failure behind these ends the pump: the next call sees the end.
                     while batch.len() < max {
@@ -717,7 +758,7 @@ impl Consumer for AmqpConsumer {
                     }
                     return Ok(batch
                         .into_iter()
-                        .map(|received| self.delivery(&channel, received))
+                        .map(|received| self.delivery((&channel, &stalled), received))
                         .collect());
                 }
                 Ok(Some(Err(e))) => {
@@ -751,6 +792,7 @@ impl Drop for AmqpConsumer {
             channel,
             tag,
             mut deliveries,
+            ..
         }) = self.live.take()
         else {
             return;
@@ -763,10 +805,11 @@ impl Drop for AmqpConsumer {
         drop(deliveries);
         self.runtime.spawn(async move {
             if channel.status().connected() {
-                let _ = channel.basic_cancel(tag, BasicCancelOptions::default()).await;
+                let cancel = channel.basic_cancel(tag, BasicCancelOptions::default());
+                let _ = tokio::time::timeout(SETTLE_TIMEOUT, cancel).await;
             }
             for (d, _in_flight) in held {
-                let _ = d.acker.nack(REQUEUE).await;
+                let _ = tokio::time::timeout(SETTLE_TIMEOUT, d.acker.nack(REQUEUE)).await;
             }
         });
     }
@@ -781,6 +824,8 @@ struct AmqpSettle {
     /// Keeps the channel open until this delivery is settled (lapin closes a channel
     /// when its last handle goes).
     channel: Option<Channel>,
+    /// Shared by the deliveries of one channel (see [`settle_bounded`]).
+    stalled: Arc<AtomicBool>,
     /// Copies for dead-lettering, which republishes the message.
     payload: Vec<u8>,
     headers: Headers,
@@ -803,12 +848,12 @@ fn settled(result: lapin::Result<bool>, what: &str) -> Result<(), Error> {
 impl Settle for AmqpSettle {
     async fn ack(mut self: Box<Self>) -> Result<(), Error> {
         let acker = self.acker.take().expect("a delivery is settled once");
-        settled(acker.ack(BasicAckOptions::default()).await, "basic.ack")
+        settle_bounded(&self.stalled, "basic.ack", acker.ack(BasicAckOptions::default())).await
     }
 
     async fn requeue(mut self: Box<Self>) -> Result<(), Error> {
         let acker = self.acker.take().expect("a delivery is settled once");
-        settled(acker.nack(REQUEUE).await, "basic.nack")
+        settle_bounded(&self.stalled, "basic.nack", acker.nack(REQUEUE)).await
     }
 
     async fn dead_letter(mut self: Box<Self>, reason: &str) -> Result<(), Error> {
@@ -829,7 +874,7 @@ impl Settle for AmqpSettle {
         // If this fails the original stays unsettled and Drop requeues it.
         self.shared.publish(&dead_letter_queue(&self.queue), &copy).await?;
         let acker = self.acker.take().expect("a delivery is settled once");
-        settled(acker.ack(BasicAckOptions::default()).await, "basic.ack")
+        settle_bounded(&self.stalled, "basic.ack", acker.ack(BasicAckOptions::default())).await
     }
 }
 
@@ -845,7 +890,7 @@ impl Drop for AmqpSettle {
         }
         self.runtime.spawn(async move {
             let _held = (channel, in_flight);
-            let _ = acker.nack(REQUEUE).await;
+            let _ = tokio::time::timeout(SETTLE_TIMEOUT, acker.nack(REQUEUE)).await;
         });
     }
 }

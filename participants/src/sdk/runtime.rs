@@ -16,8 +16,9 @@
 //! Failures: a retryable command (business `Retryable`, a database error confined to
 //! its savepoint) is requeued after `retry_delay` without holding up the rest of the
 //! batch. A failure of the batch transaction itself (begin, commit, a savepoint that
-//! cannot be rolled back) requeues the whole batch and the worker backs off. A reply
-//! that cannot be published requeues its delivery.
+//! cannot be rolled back, a deadlock with another worker's batch) requeues the whole
+//! batch and the worker backs off. A reply that cannot be published requeues its
+//! delivery.
 
 use super::barrier::{self, PreparedCommand};
 use super::{BranchRef, Participant};
@@ -341,10 +342,11 @@ impl<P: Participant> ParticipantRuntime<P> {
                 .await;
             match result {
                 Ok(outcome) => answered.push((p, outcome)),
-                Err(failure) if failure.poisoned => {
+                Err(failure) if failure.poisoned || lock_conflict(&failure.error) => {
                     let _ = txn.rollback().await;
-                    p.span
-                        .in_scope(|| tracing::warn!(error = %failure.error, "the batch transaction broke"));
+                    p.span.in_scope(|| {
+                        tracing::warn!(error = %failure.error, "the batch transaction broke or lost a lock conflict; abandoning the batch")
+                    });
                     let all = answered
                         .into_iter()
                         .map(|(p, _)| p)
@@ -514,6 +516,23 @@ fn lock_order<T>(command: &PreparedCommand<T>) -> (BranchRef, u8) {
         Operation::Try => 2,
     };
     (command.branch, rank)
+}
+
+/// A lock cycle with another transaction (PostgreSQL `40P01` deadlock, `40001`
+/// serialization failure). The savepoint rollback undid this command, but the batch
+/// still holds the locks that closed the cycle: the other transaction keeps waiting on
+/// them, and each later command of this batch that needs a lock the other holds (a hot
+/// row such as the bank's settlement account) deadlocks again, one `deadlock_timeout`
+/// (1 s) each. Abandoning the whole batch releases them at once; it is redelivered.
+fn lock_conflict(error: &Error) -> bool {
+    use sea_orm::{DbErr, RuntimeErr};
+    let Error::Db(DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e))) = error else {
+        return false;
+    };
+    match e.as_ref() {
+        sea_orm::sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("40P01" | "40001")),
+        _ => false,
+    }
 }
 
 /// SQLite: `BEGIN IMMEDIATE`, taking the write lock up front so a batch never fails
