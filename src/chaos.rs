@@ -21,10 +21,8 @@ use clap::Args;
 use kessai_coordinator::machine::Backoff;
 use kessai_coordinator::store::entities::saga_event;
 use kessai_coordinator::{Coordinator, SagaState, SystemClock};
-use kessai_messages::payment::DEFAULT_SETTLEMENT_ACCOUNT;
-use kessai_messages::{Currency, Operation, Payment, SagaId};
+use kessai_messages::{Operation, Payment, SagaId};
 use kessai_participants::ReferenceParticipant;
-use kessai_participants::ledger::{DEMO_ACCOUNTS, FROZEN_SETTLEMENT_ACCOUNT, demo_account_id, demo_card_id};
 use kessai_transport::{FaultConfig, FaultyTransport, MemoryTransport, Transport};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -335,17 +333,7 @@ fn print_report(r: &ChaosReport) {
         r.max_resends_saga.map(|id| format!(" (saga {id})")).unwrap_or_default()
     );
     println!("  invariants:");
-    for c in &r.invariants.checks {
-        println!(
-            "    [{}] {:<24} {}",
-            if c.ok { "pass" } else { "FAIL" },
-            c.name,
-            c.detail
-        );
-        for id in &c.offending {
-            println!("           saga {id}");
-        }
-    }
+    r.invariants.print();
     println!("  result: {}", if r.invariants_ok { "OK" } else { "VIOLATIONS" });
 }
 
@@ -575,24 +563,10 @@ async fn client(
     prefix: String,
 ) -> ClientOutcome {
     let mut rng = SmallRng::seed_from_u64(seed);
-    let eur = Currency::new("EUR").expect("valid code");
     let mut out = ClientOutcome::default();
     let mut n = 0u64;
     'payments: while !stop.is_cancelled() {
-        let fail = rng.random_bool(fail_rate);
-        let payment = Payment {
-            payment_id: format!("{prefix}-{n}"),
-            account_id: demo_account_id(rng.random_range(1..=DEMO_ACCOUNTS)),
-            card_id: demo_card_id(rng.random_range(1..=DEMO_ACCOUNTS)),
-            amount: rng.random_range(100..=50_000),
-            currency: eur.clone(),
-            settlement_account: if fail {
-                FROZEN_SETTLEMENT_ACCOUNT
-            } else {
-                DEFAULT_SETTLEMENT_ACCOUNT
-            }
-            .to_owned(),
-        };
+        let payment = crate::demo::random_payment(&mut rng, format!("{prefix}-{n}"), fail_rate);
         n += 1;
         let (coordinator, saga_id) = loop {
             if stop.is_cancelled() {

@@ -138,15 +138,5 @@ fn print_summary(s: &DemoSummary) {
         s.elapsed_s, s.sagas_per_s, s.concurrency, s.p50_ms, s.p95_ms, s.p99_ms, s.max_ms
     );
     println!("  invariants (SPEC §4):");
-    for c in &s.invariants.checks {
-        println!(
-            "    [{}] {:<24} {}",
-            if c.ok { "pass" } else { "FAIL" },
-            c.name,
-            c.detail
-        );
-        for id in &c.offending {
-            println!("           saga {id}");
-        }
-    }
+    s.invariants.print();
 }

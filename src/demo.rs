@@ -72,29 +72,31 @@ pub struct DemoSummary {
     pub invariants: InvariantReport,
 }
 
-/// One generated payment and whether the demo routed it to fail.
+/// A payment between random demo accounts. With probability `fail_rate` it draws on
+/// the bank's frozen settlement account, so the bank's try refuses it: a real business
+/// rejection, not a test hook.
+pub fn random_payment(rng: &mut SmallRng, payment_id: String, fail_rate: f64) -> Payment {
+    let fail = rng.random_bool(fail_rate);
+    Payment {
+        payment_id,
+        account_id: demo_account_id(rng.random_range(1..=DEMO_ACCOUNTS)),
+        card_id: demo_card_id(rng.random_range(1..=DEMO_ACCOUNTS)),
+        amount: rng.random_range(100..=50_000),
+        currency: Currency::new("EUR").expect("valid code"),
+        settlement_account: if fail {
+            FROZEN_SETTLEMENT_ACCOUNT
+        } else {
+            DEFAULT_SETTLEMENT_ACCOUNT
+        }
+        .to_owned(),
+    }
+}
+
+/// The demo's workload, reproducible from its seed.
 fn payments(opts: &DemoOptions, run: &str) -> Vec<Payment> {
     let mut rng = SmallRng::seed_from_u64(opts.seed);
-    let eur = Currency::new("EUR").expect("valid code");
     (0..opts.payments)
-        .map(|i| {
-            let fail = rng.random_bool(opts.fail_rate);
-            Payment {
-                payment_id: format!("demo-{run}-{i}"),
-                account_id: demo_account_id(rng.random_range(1..=DEMO_ACCOUNTS)),
-                card_id: demo_card_id(rng.random_range(1..=DEMO_ACCOUNTS)),
-                amount: rng.random_range(100..=50_000),
-                currency: eur.clone(),
-                // The bank refuses transfers from a frozen settlement account: a real
-                // business rejection at the bank's try, not a test hook.
-                settlement_account: if fail {
-                    FROZEN_SETTLEMENT_ACCOUNT
-                } else {
-                    DEFAULT_SETTLEMENT_ACCOUNT
-                }
-                .to_owned(),
-            }
-        })
+        .map(|i| random_payment(&mut rng, format!("demo-{run}-{i}"), opts.fail_rate))
         .collect()
 }
 

@@ -49,6 +49,21 @@ impl InvariantReport {
     pub fn ok(&self) -> bool {
         self.checks.iter().all(|c| c.ok)
     }
+
+    /// One line a check, with its offending sagas, for the human-readable reports.
+    pub fn print(&self) {
+        for c in &self.checks {
+            println!(
+                "    [{}] {:<24} {}",
+                if c.ok { "pass" } else { "FAIL" },
+                c.name,
+                c.detail
+            );
+            for id in &c.offending {
+                println!("           saga {id}");
+            }
+        }
+    }
 }
 
 const MAX_OFFENDERS: usize = 20;
