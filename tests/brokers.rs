@@ -26,7 +26,7 @@ use kessai_messages::{BranchId, Command, Currency, Envelope, Operation, Outcome,
 use kessai_migrations::Service;
 use kessai_participants::ledger::{DEMO_ACCOUNTS, FROZEN_SETTLEMENT_ACCOUNT, demo_account_id, demo_card_id};
 use kessai_participants::{ReferenceParticipant, RuntimeConfig};
-use kessai_transport::testing::{self, BrokerLock, broker_lock};
+use kessai_transport::testing::{self, BrokerLock, RabbitOutage, broker_lock, rabbitmqctl};
 use kessai_transport::{
     AmqpConfig, AmqpTransport, ConsumeOptions, Consumer, DEAD_LETTER_REASON, DEAD_LETTER_SOURCE, Delivery,
     OutgoingMessage, SqsConfig, SqsTransport, Topology, Transport, dead_letter_queue,
@@ -507,43 +507,6 @@ const AFTER_OUTAGE: Duration = Duration::from_secs(4);
 /// Bound on "every saga terminal" once the broker is back (SPEC §4.4).
 const LIVENESS_BOUND: Duration = Duration::from_secs(120);
 
-fn rabbitmqctl(args: &[&str]) -> Result<(), String> {
-    let out = Process::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .map_err(|e| format!("rabbitmqctl {args:?}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "rabbitmqctl {args:?}: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
-fn start_broker() {
-    for args in [&["start_app"][..], &["await_startup"][..]] {
-        if let Err(e) = rabbitmqctl(args) {
-            eprintln!("{e}");
-        }
-    }
-}
-
-/// Starts the broker again if the test stopped it, whatever happens after.
-struct RestartBroker {
-    stopped: bool,
-}
-
-impl Drop for RestartBroker {
-    fn drop(&mut self) {
-        if self.stopped {
-            start_broker();
-        }
-    }
-}
-
 /// What the clients saw.
 #[derive(Default)]
 struct ClientLog {
@@ -702,8 +665,7 @@ async fn outage_run(real: &Real, server: &str, database: &dyn Fn(&str) -> String
         .collect();
 
     tokio::time::sleep(BEFORE_OUTAGE).await;
-    let mut guard = RestartBroker { stopped: true };
-    tokio::task::spawn_blocking(|| rabbitmqctl(&["stop_app"]))
+    let outage = tokio::task::spawn_blocking(RabbitOutage::begin)
         .await
         .expect("rabbitmqctl task")
         .expect("stop the broker");
@@ -713,10 +675,9 @@ async fn outage_run(real: &Real, server: &str, database: &dyn Fn(&str) -> String
     eprintln!("broker stopped: {acknowledged_at_stop} submissions acknowledged, {in_flight_at_stop} sagas in flight");
     tokio::time::sleep(OUTAGE).await;
     let during_outage = log.lock().unwrap().acknowledged.len() - acknowledged_at_stop;
-    tokio::task::spawn_blocking(start_broker)
+    tokio::task::spawn_blocking(move || outage.end())
         .await
         .expect("rabbitmqctl task");
-    guard.stopped = false;
     let restarted_at = Instant::now();
     eprintln!(
         "broker started again after {:.1?}; {during_outage} submissions acknowledged while it was down",

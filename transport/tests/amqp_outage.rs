@@ -16,52 +16,13 @@
 mod common;
 
 use common::{Kind, amqp_config, delete_queues, options, queue_name};
-use kessai_transport::testing::{self, broker_lock};
+use kessai_transport::testing::{self, RabbitOutage, broker_lock, rabbitmqctl};
 use kessai_transport::{AmqpConfig, AmqpTransport, OutgoingMessage, Transport};
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
-
-fn rabbitmqctl(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .map_err(|e| format!("rabbitmqctl {args:?}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "rabbitmqctl {args:?}: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
-fn start_broker() {
-    if let Err(e) = rabbitmqctl(&["start_app"]) {
-        eprintln!("{e}");
-    }
-    if let Err(e) = rabbitmqctl(&["await_startup"]) {
-        eprintln!("{e}");
-    }
-}
-
-/// Starts the broker again if the test stopped it, whatever happens after.
-struct RestartBroker {
-    stopped: bool,
-}
-
-impl Drop for RestartBroker {
-    fn drop(&mut self) {
-        if self.stopped {
-            start_broker();
-        }
-    }
-}
 
 fn payload(id: u64) -> OutgoingMessage {
     OutgoingMessage::new(id.to_string().into_bytes())
@@ -190,16 +151,14 @@ async fn survives_a_broker_restart_without_losing_confirmed_messages() {
     });
 
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let mut guard = RestartBroker { stopped: true };
-    tokio::task::spawn_blocking(|| rabbitmqctl(&["stop_app"]))
+    let outage = tokio::task::spawn_blocking(RabbitOutage::begin)
         .await
         .unwrap()
         .expect("stop the broker");
     let before = confirmed.lock().unwrap().len();
     eprintln!("broker stopped after {before} confirmed publishes");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    tokio::task::spawn_blocking(start_broker).await.unwrap();
-    guard.stopped = false;
+    tokio::task::spawn_blocking(move || outage.end()).await.unwrap();
     let at_restart = confirmed.lock().unwrap().len();
     eprintln!("broker started again ({at_restart} confirmed so far)");
 
