@@ -91,9 +91,12 @@ async fn submit_many(stack: &EmbeddedStack, n: usize) -> Vec<SagaId> {
 }
 
 async fn terminal_count(stack: &EmbeddedStack) -> u64 {
-    let (by_state, _) = kessai_coordinator::store::counts(stack.coordinator().db())
-        .await
-        .unwrap();
+    terminal_in(stack.coordinator().db()).await
+}
+
+/// Sagas confirmed or cancelled according to a coordinator database.
+async fn terminal_in(db: &sea_orm::DatabaseConnection) -> u64 {
+    let (by_state, _) = kessai_coordinator::store::counts(db).await.unwrap();
     by_state.get(&SagaState::Confirmed).copied().unwrap_or(0)
         + by_state.get(&SagaState::Cancelled).copied().unwrap_or(0)
 }
@@ -132,10 +135,9 @@ async fn terminal_count_from_file(dir: &Path) -> u64 {
     let db = kessai_migrations::connect(&kessai_migrations::sqlite_url(&dir.join("coordinator.db")), 1)
         .await
         .unwrap();
-    let (by_state, _) = kessai_coordinator::store::counts(&db).await.unwrap();
+    let n = terminal_in(&db).await;
     db.close().await.unwrap();
-    by_state.get(&SagaState::Confirmed).copied().unwrap_or(0)
-        + by_state.get(&SagaState::Cancelled).copied().unwrap_or(0)
+    n
 }
 
 async fn count_timeline(stack: &EmbeddedStack, ids: &[SagaId], kind: &str) -> usize {
@@ -380,8 +382,6 @@ async fn idempotent_submission_and_poison_replies() {
     assert!(c.submit_payment(&bad, None).await.is_err());
 
     // Garbage and a reply for a saga nobody knows land in the reply DLQ with reasons.
-    let replies = c.db().clone();
-    drop(replies);
     let queue = kessai_transport::Topology::default().reply_queue();
     transport
         .publish(&queue, OutgoingMessage::new(b"{oops".to_vec()))
