@@ -45,7 +45,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeclareOptions,
+    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -542,6 +542,25 @@ impl Transport for AmqpTransport {
 
     async fn publish_batch(&self, queue: &str, messages: Vec<OutgoingMessage>) -> Result<(), Error> {
         self.shared.publish_batch(queue, &messages).await
+    }
+
+    async fn delete(&self, queue: &str) -> Result<(), Error> {
+        let dlq = dead_letter_queue(queue);
+        let names = [short(queue)?, short(&dlq)?];
+        let connection = self.shared.connection().await?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| map_lapin(e, "channel.open"))?;
+        for name in names {
+            // Deleting a queue that does not exist is a no-op in RabbitMQ 3.x+.
+            channel
+                .queue_delete(name, QueueDeleteOptions::default())
+                .await
+                .map_err(|e| map_lapin(e, "queue.delete"))?;
+        }
+        let _ = channel.close(200, "deleted".into()).await;
+        Ok(())
     }
 
     async fn consume(&self, queue: &str, options: ConsumeOptions) -> Result<Box<dyn Consumer>, Error> {

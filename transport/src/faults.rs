@@ -107,7 +107,7 @@ impl FaultConfig {
 }
 
 /// Faults injected so far, by kind (the chaos report's `faults` object).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FaultCounters {
     /// Messages lost.
     pub dropped: u64,
@@ -518,6 +518,10 @@ impl<T: ?Sized + Transport> Transport for FaultyTransport<T> {
 
     async fn consume(&self, queue: &str, options: ConsumeOptions) -> Result<Box<dyn Consumer>, Error> {
         self.shared.inner.consume(queue, options).await
+    }
+
+    async fn delete(&self, queue: &str) -> Result<(), Error> {
+        self.shared.inner.delete(queue).await
     }
 }
 

@@ -15,6 +15,8 @@
 //!   acks, reconnection with backoff.
 //! - [`sqs`]: Amazon SQS through aws-sdk-sqs — long polling, delete-on-ack, a
 //!   visibility heartbeat per unsettled delivery, a redrive policy to `<queue>-dlq`.
+//! - [`rabbitmq_admin`]: broker outages on purpose (`rabbitmqctl stop_app` /
+//!   `start_app`) for the chaos harness and the outage tests.
 //! - [`testing`]: the skip-or-fail rule for tests that need a real service
 //!   (`KESSAI_REQUIRE_SERVICES=1`) and the broker lock outage tests take.
 //!
@@ -36,6 +38,7 @@
 pub mod amqp;
 pub mod faults;
 pub mod memory;
+pub mod rabbitmq_admin;
 pub mod sqs;
 pub mod testing;
 
@@ -47,6 +50,7 @@ use std::time::Duration;
 pub use amqp::{AmqpConfig, AmqpTransport};
 pub use faults::{FaultConfig, FaultCounters, FaultyTransport};
 pub use memory::MemoryTransport;
+pub use rabbitmq_admin::{RabbitOutage, rabbitmqctl};
 pub use sqs::{SqsConfig, SqsTransport};
 
 /// Header naming why a message was dead-lettered.
@@ -146,6 +150,11 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Starts consuming `queue`.
     async fn consume(&self, queue: &str, options: ConsumeOptions) -> Result<Box<dyn Consumer>, Error>;
+
+    /// Deletes `queue` and its dead-letter queue with whatever they hold; a queue that
+    /// does not exist is not an error. For tooling that makes throwaway queues (the
+    /// chaos harness, tests) — never called by the services themselves.
+    async fn delete(&self, queue: &str) -> Result<(), Error>;
 }
 
 /// A subscription to one queue.

@@ -101,6 +101,13 @@ impl Transport for MemoryTransport {
         Ok(Some((self.ready_len(queue) + self.unsettled_len(queue)) as u64))
     }
 
+    async fn delete(&self, queue: &str) -> Result<(), Error> {
+        let mut queues = self.broker.queues.lock().expect("broker lock");
+        queues.remove(queue);
+        queues.remove(&dead_letter_queue(queue));
+        Ok(())
+    }
+
     async fn consume(&self, queue: &str, options: ConsumeOptions) -> Result<Box<dyn Consumer>, Error> {
         Ok(Box::new(MemoryConsumer {
             broker: self.broker.clone(),

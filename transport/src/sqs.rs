@@ -592,6 +592,25 @@ impl Transport for SqsTransport {
         results.into_iter().collect()
     }
 
+    async fn delete(&self, queue: &str) -> Result<(), Error> {
+        for name in [queue.to_owned(), dead_letter_queue(queue)] {
+            let url = match self.shared.url(&name).await {
+                Ok(url) => url,
+                Err(Error::NotAccepted(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            self.shared
+                .client
+                .delete_queue()
+                .queue_url(&url)
+                .send()
+                .await
+                .map_err(|e| map_sdk(e, "DeleteQueue"))?;
+            self.shared.urls.write().expect("url cache").remove(&name);
+        }
+        Ok(())
+    }
+
     async fn consume(&self, queue: &str, options: ConsumeOptions) -> Result<Box<dyn Consumer>, Error> {
         let url = self.shared.url(queue).await.map_err(|e| match e {
             Error::NotAccepted(m) => Error::Config(m),

@@ -11,6 +11,7 @@
 //! test never pulls the broker from under a test running in another binary
 //! (cargo-nextest runs test binaries in parallel).
 
+pub use crate::rabbitmq_admin::{RabbitOutage, rabbitmqctl};
 use std::fs::File;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
@@ -114,63 +115,5 @@ mod tests {
         let b = broker_lock("unit-test", false);
         drop((a, b));
         drop(broker_lock("unit-test", true));
-    }
-}
-
-/// Runs `rabbitmqctl` with `args`; the error carries its status and stderr.
-pub fn rabbitmqctl(args: &[&str]) -> Result<(), String> {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .map_err(|e| format!("rabbitmqctl {args:?}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "rabbitmqctl {args:?}: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
-/// A RabbitMQ outage a test causes (`rabbitmqctl stop_app`), ended by [`end`] or, if
-/// the test fails first, by `Drop` — the broker is started again whatever happens.
-/// Hold `broker_lock("rabbit", true)` around it.
-///
-/// [`end`]: RabbitOutage::end
-#[derive(Debug)]
-pub struct RabbitOutage {
-    stopped: bool,
-}
-
-impl RabbitOutage {
-    /// Stops the broker's application (blocking: call from `spawn_blocking`).
-    pub fn begin() -> Result<Self, String> {
-        let outage = RabbitOutage { stopped: true };
-        rabbitmqctl(&["stop_app"])?;
-        Ok(outage)
-    }
-
-    /// Starts the broker's application and waits until it is up (blocking).
-    pub fn end(mut self) {
-        self.stopped = false;
-        start_rabbit();
-    }
-}
-
-impl Drop for RabbitOutage {
-    fn drop(&mut self) {
-        if self.stopped {
-            start_rabbit();
-        }
-    }
-}
-
-fn start_rabbit() {
-    for args in [&["start_app"][..], &["await_startup"][..]] {
-        if let Err(e) = rabbitmqctl(args) {
-            eprintln!("{e}");
-        }
     }
 }

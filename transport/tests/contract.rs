@@ -236,6 +236,35 @@ async fn pending_counts_waiting_and_unsettled(ctx: Ctx) {
     eventually_pending(&ctx, &q, 0).await;
 }
 
+/// `delete` removes a queue and its dead-letter queue with their messages, and
+/// deleting what is already gone is not an error.
+async fn delete_removes_the_queue_and_its_dead_letters(ctx: Ctx) {
+    let q = ctx.queue().await;
+    ctx.transport.publish(&q, message("doomed")).await.expect("publish");
+    let mut consumer = ctx.consume(&q).await;
+    receive_one(&mut consumer, WITHIN)
+        .await
+        .dead_letter("to fill the dlq")
+        .await
+        .expect("dead-letter");
+    drop(consumer);
+    ctx.transport.publish(&q, message("doomed too")).await.expect("publish");
+    eventually_pending(&ctx, &q, 1).await;
+    ctx.transport.delete(&q).await.expect("delete");
+    ctx.transport.delete(&q).await.expect("deleting again is a no-op");
+    for gone in [q.clone(), dead_letter_queue(&q)] {
+        // Gone: the broker no longer knows it (the in-process one forgets it and would
+        // make a fresh, empty one on use).
+        match ctx.transport.pending(&gone).await {
+            Err(_) => {}
+            Ok(n) => {
+                assert_eq!(ctx.kind, common::Kind::Memory, "{gone} still exists ({n:?} pending)");
+                assert_eq!(n, Some(0), "{gone} kept its messages");
+            }
+        }
+    }
+}
+
 macro_rules! contract {
     ($($property:ident),* $(,)?) => {
         mod memory {
@@ -276,4 +305,5 @@ contract!(
     publish_batch_of_25_all_arrive,
     poison_payload_is_dead_lettered,
     pending_counts_waiting_and_unsettled,
+    delete_removes_the_queue_and_its_dead_letters,
 );

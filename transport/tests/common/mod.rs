@@ -7,7 +7,6 @@ use futures::FutureExt;
 use kessai_transport::testing::{self, BrokerLock};
 use kessai_transport::{
     AmqpConfig, AmqpTransport, ConsumeOptions, Consumer, Delivery, MemoryTransport, SqsConfig, SqsTransport, Transport,
-    dead_letter_queue,
 };
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -140,33 +139,20 @@ where
 
 /// Best-effort removal of test queues and their dead-letter queues.
 pub async fn delete_queues(kind: Kind, queues: &[String]) {
-    let names: Vec<String> = queues.iter().flat_map(|q| [q.clone(), dead_letter_queue(q)]).collect();
-    match kind {
-        Kind::Memory => {}
-        Kind::Amqp => {
-            let Ok(connection) =
-                lapin::Connection::connect(&testing::amqp_url(), lapin::ConnectionProperties::default()).await
-            else {
-                return;
-            };
-            if let Ok(channel) = connection.create_channel().await {
-                for name in names {
-                    let _ = channel
-                        .queue_delete(name.as_str().into(), lapin::options::QueueDeleteOptions::default())
-                        .await;
-                }
-            }
-            let _ = connection.close(200, "bye".into()).await;
-        }
-        Kind::Sqs => {
-            let Ok(transport) = SqsTransport::connect(sqs_config()).await else {
-                return;
-            };
-            for name in names {
-                if let Ok(url) = transport.queue_url(&name).await {
-                    let _ = transport.client().delete_queue().queue_url(url).send().await;
-                }
-            }
+    let transport: Arc<dyn Transport> = match kind {
+        Kind::Memory => return,
+        Kind::Amqp => match AmqpTransport::connect(amqp_config()).await {
+            Ok(t) => Arc::new(t),
+            Err(_) => return,
+        },
+        Kind::Sqs => match SqsTransport::connect(sqs_config()).await {
+            Ok(t) => Arc::new(t),
+            Err(_) => return,
+        },
+    };
+    for q in queues {
+        if let Err(e) = transport.delete(q).await {
+            eprintln!("deleting {q}: {e}");
         }
     }
 }
