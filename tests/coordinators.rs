@@ -91,6 +91,27 @@ impl Databases {
     }
 }
 
+/// Several coordinators starting at once on a database nobody created yet: every one
+/// creates-if-missing and migrates, and none fails (the loser of the CREATE DATABASE
+/// race accepts the winner's database; migrations take an advisory lock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinators_starting_together_all_open_the_database() {
+    let Some(dbs) = Databases::new() else { return };
+    dbs.run(|dbs| async move {
+        let opened = futures::future::join_all((0..6).map(|_| {
+            let dbs = dbs.clone();
+            tokio::spawn(async move { dbs.open("coordinator", Service::Coordinator, 2).await })
+        }))
+        .await;
+        for db in opened {
+            let db = db.expect("every coordinator opened and migrated its database");
+            assert_eq!(store::outbox_len(&db).await.unwrap(), 0);
+            db.close().await.unwrap();
+        }
+    })
+    .await;
+}
+
 fn participant_service(p: ReferenceParticipant) -> Service {
     match p {
         ReferenceParticipant::Balance => Service::Balance,

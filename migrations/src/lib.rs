@@ -87,8 +87,35 @@ pub fn sqlite_url(path: &std::path::Path) -> String {
 /// Opens and migrates a service's database.
 pub async fn open(url: &str, service: Service, max_connections: u32) -> Result<DatabaseConnection, DbErr> {
     let db = connect(url, max_connections).await?;
-    service.migrate(&db).await?;
+    if db.get_database_backend() == sea_orm_migration::sea_orm::DbBackend::Postgres {
+        migrate_locked(url, service).await?;
+    } else {
+        // SQLite: one writer per file anyway (and one connection per service).
+        service.migrate(&db).await?;
+    }
     Ok(db)
+}
+
+/// Key of the PostgreSQL advisory lock held while migrating ("kessai").
+const MIGRATION_LOCK: i64 = 0x6b65_7373_6169;
+
+/// Migrates under a session advisory lock, on a connection of its own: several
+/// processes of one service (coordinators sharing a database) may start together,
+/// and two migrators creating the same tables at once would fail one of them.
+async fn migrate_locked(url: &str, service: Service) -> Result<(), DbErr> {
+    use sea_orm_migration::sea_orm::ConnectionTrait;
+    let session = connect(url, 1).await?;
+    session
+        .execute_unprepared(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
+        .await?;
+    let migrated = service.migrate(&session).await;
+    let unlocked = session
+        .execute_unprepared(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"))
+        .await;
+    // Closing the session releases the lock in any case.
+    let _ = session.close().await;
+    migrated?;
+    unlocked.map(|_| ())
 }
 
 /// `server` (`postgres://user@host:port`, no database) with `database` appended.
@@ -126,10 +153,16 @@ pub async fn ensure_postgres_database(server: &str, database: &str) -> Result<()
         .is_some();
     if !exists {
         // Two processes may race here; losing the race is fine.
+        // The loser sees 42P04 (`already exists`) or, when both passed PostgreSQL's
+        // own check at once, a unique violation on `pg_database`.
         if let Err(e) = admin
             .execute_unprepared(&format!("CREATE DATABASE \"{database}\""))
             .await
             && !e.to_string().contains("already exists")
+            && !matches!(
+                e.sql_err(),
+                Some(sea_orm_migration::sea_orm::SqlErr::UniqueConstraintViolation(_))
+            )
         {
             return Err(e);
         }
