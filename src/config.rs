@@ -26,6 +26,8 @@ pub struct Config {
     pub coordinator: CoordinatorSettings,
     pub participant: ParticipantSettings,
     pub http: HttpSettings,
+    /// Fault injection, for chaos runs only; off unless a probability is set.
+    pub faults: FaultSettings,
 }
 
 impl Default for Config {
@@ -37,6 +39,7 @@ impl Default for Config {
             coordinator: CoordinatorSettings::default(),
             participant: ParticipantSettings::default(),
             http: HttpSettings::default(),
+            faults: FaultSettings::default(),
         }
     }
 }
@@ -168,6 +171,45 @@ impl Default for HttpSettings {
     }
 }
 
+/// Faults a service injects into what it publishes (see `kessai_transport::faults`).
+/// All zero — the default — means no wrapper at all. Set by `kessai chaos` for the
+/// processes it starts; a service with faults on logs a warning at start and serves
+/// `GET|PUT /v1/faults` so the harness can read the counters and switch them off.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FaultSettings {
+    pub drop: f64,
+    pub duplicate: f64,
+    pub delay: f64,
+    /// Longest delay of a delayed message (default 200 ms).
+    pub delay_max_ms: Option<u64>,
+    pub reorder: f64,
+    pub seed: u64,
+}
+
+impl FaultSettings {
+    /// The transport wrapper's configuration, or `None` when every probability is zero.
+    pub fn fault_config(&self) -> anyhow::Result<Option<kessai_transport::FaultConfig>> {
+        let c = kessai_transport::FaultConfig {
+            drop: self.drop,
+            duplicate: self.duplicate,
+            delay: self.delay,
+            delay_max: self.delay_max_ms.map_or(
+                kessai_transport::FaultConfig::default().delay_max,
+                Duration::from_millis,
+            ),
+            reorder: self.reorder,
+            seed: self.seed,
+        };
+        c.validate().context("faults")?;
+        anyhow::ensure!(
+            self.delay_max_ms.is_none_or(|ms| (1..=60_000).contains(&ms)),
+            "faults.delay_max_ms must be between 1 and 60000"
+        );
+        Ok((!c.is_noop()).then_some(c))
+    }
+}
+
 // Serialisation exists only to seed figment with the defaults; `Debug` stays redacted.
 fn expose<S: serde::Serializer>(s: &SecretString, ser: S) -> Result<S::Ok, S::Error> {
     ser.serialize_str(s.expose_secret())
@@ -233,6 +275,7 @@ impl Config {
         ] {
             anyhow::ensure!(v > 0, "coordinator.{name} must be positive");
         }
+        self.faults.fault_config()?;
         Ok(())
     }
 
@@ -349,6 +392,16 @@ mod tests {
             assert_eq!(c.transport.kind, TransportKind::Amqp);
             assert_eq!(c.coordinator.try_timeout_ms, 7000);
             assert_eq!(c.participant.batch_size, RuntimeConfig::default().batch_size);
+            assert_eq!(c.faults.fault_config().unwrap(), None, "no faults unless asked");
+            jail.set_env("KESSAI_FAULTS__DROP", "0.25");
+            jail.set_env("KESSAI_FAULTS__SEED", "9");
+            let f = Config::load(None)
+                .map_err(|e| e.to_string())?
+                .faults
+                .fault_config()
+                .unwrap();
+            let f = f.expect("faults configured");
+            assert_eq!((f.drop, f.seed, f.duplicate), (0.25, 9, 0.0));
             Ok(())
         });
     }
@@ -362,6 +415,9 @@ mod tests {
             jail.create_file("typo.toml", "[coordinator]\ntry_timeout = 1\n")?;
             let e = Config::load(Some(Path::new("typo.toml"))).unwrap_err();
             assert!(format!("{e:#}").contains("try_timeout"), "{e:#}");
+            jail.create_file("faults.toml", "[faults]\ndrop = 5\n")?;
+            let e = Config::load(Some(Path::new("faults.toml"))).unwrap_err();
+            assert!(format!("{e:#}").contains("drop"), "{e:#}");
             jail.set_env("KESSAI_QUEUE_PREFIX", "has space");
             let e = Config::load(None).unwrap_err();
             assert!(format!("{e:#}").contains("queue_prefix"), "{e:#}");

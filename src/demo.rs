@@ -100,8 +100,15 @@ fn payments(opts: &DemoOptions, run: &str) -> Vec<Payment> {
         .collect()
 }
 
+/// A fresh id for one run's queue names, database names and payment ids: random (not
+/// a time-ordered UUID v7, whose leading characters are the same for every run started
+/// within a minute — two runs on one broker would then share queues).
+pub fn new_run_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+}
+
 pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
-    let run_id = SagaId::new().to_string()[..8].to_owned();
+    let run_id = new_run_id();
     let mut config = opts.config.clone();
     config.transport.kind = opts.transport;
     config.store.kind = opts.store;

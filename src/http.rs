@@ -4,8 +4,10 @@
 //!   `{"saga_id", "created"}` (and a `Location` header). `payment_id` is the
 //!   idempotency key: the same id again answers with the same saga and
 //!   `"created": false`.
-//! - `GET /v1/sagas/{id}` → the saga's [`SagaView`](kessai_coordinator::SagaView)
-//!   (state, branches, timeline), 404 if unknown.
+//! - `GET /v1/sagas/{id}[?wait=5s]` → the saga's
+//!   [`SagaView`](kessai_coordinator::SagaView) (state, branches, timeline), 404 if
+//!   unknown. With `wait` (at most [`MAX_WAIT`]) the answer comes once the saga is
+//!   terminal or the wait is over, whichever is first — a client needs no poll loop.
 //!
 //! Errors are JSON `{"error": <code>, "message": <text>}` with a 4xx status for the
 //! client's mistakes (malformed JSON 400, wrong content type 415, a payment that does
@@ -13,19 +15,24 @@
 //! right now; a bad request never panics a handler.
 //!
 //! This module grows into the full API of SPEC §5: bearer-token auth with scopes,
-//! `POST /v1/sagas`, `GET /v1/sagas/{id}?wait=`, `GET /v1/sagas?state=`, retry,
+//! `POST /v1/sagas`, `GET /v1/sagas?state=`, retry,
 //! `/metrics` and `/ui`. New routes go into [`router`]; processes merge it with
 //! [`crate::health::router`].
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use kessai_coordinator::Coordinator;
 use kessai_messages::{Payment, SagaId};
+use serde::Deserialize;
 use serde_json::json;
+use std::time::Duration;
+
+/// Longest `?wait=` a request may ask for.
+pub const MAX_WAIT: Duration = Duration::from_secs(30);
 
 /// The API routes, on a running coordinator.
 pub fn router(coordinator: Coordinator) -> Router {
@@ -120,8 +127,19 @@ async fn submit_payment(
         .into_response())
 }
 
-/// `GET /v1/sagas/{id}`.
-async fn saga(State(coordinator): State<Coordinator>, Path(id): Path<String>) -> Result<Response, ApiError> {
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SagaQuery {
+    wait: Option<String>,
+}
+
+/// `GET /v1/sagas/{id}[?wait=5s]`.
+async fn saga(
+    State(coordinator): State<Coordinator>,
+    Path(id): Path<String>,
+    query: Result<Query<SagaQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
     let id: SagaId = id.parse().map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -129,6 +147,19 @@ async fn saga(State(coordinator): State<Coordinator>, Path(id): Path<String>) ->
             format!("saga id {id:?} is not a UUID: {e}"),
         )
     })?;
+    if let Some(wait) = query.wait {
+        let wait = crate::units::parse_duration(&wait)
+            .ok()
+            .filter(|w| *w <= MAX_WAIT)
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_wait",
+                    format!("wait={wait:?} must be a duration of at most {MAX_WAIT:?}, e.g. 5s or 500ms"),
+                )
+            })?;
+        coordinator.wait(id, wait).await?;
+    }
     match coordinator.saga(id).await? {
         Some(view) => Ok(Json(view).into_response()),
         None => Err(ApiError::new(

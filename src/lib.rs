@@ -11,7 +11,9 @@
 //! - [`demo`]: `kessai demo` — seeds, submits N payments at concurrency C, waits,
 //!   checks the invariants, reports.
 //! - [`chaos`]: `kessai chaos` — faults (drop, duplicate, delay, reorder, process
-//!   kills) under load, then quiescence, the invariants and the barrier records.
+//!   kills, broker restarts) under load, in one process or as the multi-process
+//!   deployment (child processes on PostgreSQL), then quiescence, the invariants and
+//!   the barrier records.
 //! - [`invariants`]: SPEC §4 checked from the coordinator's outcomes and each
 //!   participant's own books.
 //! - [`service`]: `kessai coordinator` / `kessai participant <name>` — one service per
@@ -20,16 +22,21 @@
 //! - [`health`]: `/healthz` (database and transport checks), served by every process.
 //! - [`http`]: the coordinator's HTTP API (`/v1/payments`, `/v1/sagas/{id}`), merged
 //!   into the health router by [`service`].
+//! - [`fault_control`]: fault injection inside a service process (`[faults]`) and its
+//!   `GET|PUT /v1/faults` switch, for `kessai chaos` over real brokers.
 //! - [`config`]: layered configuration (defaults ← TOML ← `KESSAI_*`).
 //! - [`telemetry`]: logging set-up (the OpenTelemetry layer will join it).
+//! - [`units`]: duration parsing shared by the CLI and the HTTP API.
 
 pub mod chaos;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod fault_control;
 pub mod health;
 pub mod http;
 pub mod invariants;
 pub mod service;
 pub mod stack;
 pub mod telemetry;
+pub mod units;

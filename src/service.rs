@@ -21,6 +21,7 @@
 
 use crate::config::Config;
 use crate::demo::TransportKind;
+use crate::fault_control;
 use crate::health::{self, Health};
 use anyhow::Context;
 use clap::Args;
@@ -76,6 +77,7 @@ pub async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> 
     let Some(transport) = connect_transport(&config, &reply_queue, &stop).await? else {
         return Ok(stopped_before_start("coordinator"));
     };
+    let (transport, faults) = fault_control::wrap("coordinator", transport, config.faults.fault_config()?)?;
     let listener = bind(&config.http.listen).await?;
     let (coordinator, tasks) = Coordinator::start(
         db.clone(),
@@ -86,7 +88,8 @@ pub async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> 
     .await
     .context("starting the coordinator")?;
     let router = health::router(Health::new("coordinator", db.clone(), transport, reply_queue))
-        .merge(crate::http::router(coordinator));
+        .merge(crate::http::router(coordinator))
+        .merge(faults.map(fault_control::router).unwrap_or_default());
     supervise("coordinator", Running::Coordinator(tasks), listener, router, stop, db).await
 }
 
@@ -112,6 +115,7 @@ pub async fn run_participant(args: ParticipantArgs) -> anyhow::Result<ExitCode> 
     let Some(transport) = connect_transport(&config, &queue, &stop).await? else {
         return Ok(stopped_before_start(p.name()));
     };
+    let (transport, faults) = fault_control::wrap(p.name(), transport, config.faults.fault_config()?)?;
     let listener = bind(&config.http.listen).await?;
     let cancel = CancellationToken::new();
     let task = tokio::spawn(p.run(
@@ -120,7 +124,8 @@ pub async fn run_participant(args: ParticipantArgs) -> anyhow::Result<ExitCode> 
         config.participant_config(),
         cancel.clone(),
     ));
-    let router = health::router(Health::new(p.name(), db.clone(), transport, queue));
+    let router = health::router(Health::new(p.name(), db.clone(), transport, queue))
+        .merge(faults.map(fault_control::router).unwrap_or_default());
     let running = Running::Participant {
         cancel,
         task: Some(task),

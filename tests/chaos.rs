@@ -1,8 +1,18 @@
-//! The chaos harness in-process, one fault kind at a time and all together: each run
-//! must end with every saga terminal, every SPEC §4 invariant and the barrier check
-//! passing, and the faults it was configured for really injected.
+//! The chaos harness, one fault kind at a time and all together, on the in-process
+//! transport and on RabbitMQ (services in this process, `rabbitmq::*`), plus the real
+//! thing: `kessai chaos --transport amqp` starting the multi-process deployment. Each
+//! run must end with every saga terminal, every SPEC §4 invariant and the barrier
+//! check passing, and the faults it was configured for really injected.
+//!
+//! RabbitMQ tests follow the `kessai_transport::testing` rule (skip when unreachable,
+//! fail with `KESSAI_REQUIRE_SERVICES=1`); those that restart the broker hold its lock
+//! exclusively.
 
 use kessai::chaos::{self, ChaosOptions, ChaosReport};
+use kessai::config::Config;
+use kessai::demo::TransportKind;
+use kessai_transport::testing::{amqp_url, broker_lock, host_port, postgres_url, require_service};
+use serde_json::Value;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -11,7 +21,11 @@ const LOAD: Duration = Duration::from_secs(8);
 async fn run(name: &str, opts: ChaosOptions) -> ChaosReport {
     let started = Instant::now();
     let report = chaos::run(ChaosOptions {
-        duration: LOAD,
+        duration: if opts.transport == TransportKind::Memory {
+            LOAD
+        } else {
+            Duration::from_secs(6)
+        },
         concurrency: 16,
         ..opts
     })
@@ -138,15 +152,187 @@ async fn all_faults_together() {
     assert_eq!(f.broker_restarts, 0);
 }
 
-#[tokio::test]
-async fn amqp_is_not_available_yet() {
-    let err = chaos::run(ChaosOptions {
-        transport: kessai::demo::TransportKind::Amqp,
-        ..Default::default()
-    })
-    .await
-    .expect_err("amqp chaos is not built yet");
-    assert!(err.to_string().contains("multi-process"), "{err}");
+/// The same faults over RabbitMQ, the services sharing this process (SQLite books).
+mod rabbitmq {
+    use super::*;
+
+    fn rabbit(seed: u64) -> Option<ChaosOptions> {
+        if !require_service("RabbitMQ", &host_port(&amqp_url(), 5672)) {
+            return None;
+        }
+        let mut config = Config::default();
+        config.transport.amqp_url = amqp_url().into();
+        Some(ChaosOptions {
+            transport: TransportKind::Amqp,
+            config,
+            seed,
+            ..Default::default()
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn drop_only() {
+        let _lock = broker_lock("rabbit", false);
+        let Some(base) = rabbit(11) else { return };
+        let r = run("amqp drop", ChaosOptions { drop: 0.1, ..base }).await;
+        assert!(r.faults.dropped > 0);
+        assert_eq!((r.faults.duplicated, r.faults.process_kills), (0, 0));
+        assert!(r.max_sends >= 2, "a dropped message must have been resent");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn duplicate_only() {
+        let _lock = broker_lock("rabbit", false);
+        let Some(base) = rabbit(12) else { return };
+        let r = run("amqp duplicate", ChaosOptions { duplicate: 0.2, ..base }).await;
+        assert!(r.faults.duplicated > 0);
+        assert_eq!((r.faults.dropped, r.faults.delayed), (0, 0));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn delay_and_reorder_only() {
+        let _lock = broker_lock("rabbit", false);
+        let Some(base) = rabbit(13) else { return };
+        let r = run(
+            "amqp delay+reorder",
+            ChaosOptions {
+                delay: 0.1,
+                reorder: 0.1,
+                delay_max: Duration::from_millis(500),
+                ..base
+            },
+        )
+        .await;
+        assert!(r.faults.delayed > 0 && r.faults.reordered > 0, "{:?}", r.faults);
+        assert_eq!((r.faults.dropped, r.faults.duplicated), (0, 0));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn process_kills_only() {
+        let _lock = broker_lock("rabbit", false);
+        let Some(base) = rabbit(14) else { return };
+        let r = run(
+            "amqp kills",
+            ChaosOptions {
+                kill_every: Some(Duration::from_secs(1)),
+                ..base
+            },
+        )
+        .await;
+        assert!(r.faults.process_kills >= 3, "kills: {:?}", r.faults.kills_by_service);
+        assert_eq!((r.faults.dropped, r.faults.duplicated), (0, 0));
+    }
+
+    /// Every message fault, kills and a broker restart at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn all_faults_and_broker_restarts() {
+        let _lock = broker_lock("rabbit", true);
+        let Some(base) = rabbit(15) else { return };
+        let r = run(
+            "amqp all",
+            ChaosOptions {
+                drop: 0.05,
+                duplicate: 0.05,
+                delay: 0.05,
+                reorder: 0.02,
+                kill_every: Some(Duration::from_secs(1)),
+                broker_restart_every: Some(Duration::from_millis(2500)),
+                broker_outage: Duration::from_secs(1),
+                ..base
+            },
+        )
+        .await;
+        let f = &r.faults;
+        assert!(f.process_kills >= 3, "kills: {:?}", f.kills_by_service);
+        assert!(f.broker_restarts >= 1, "{f:?}");
+        assert!(f.dropped > 0 && f.duplicated > 0 && f.delayed > 0, "{f:?}");
+    }
+}
+
+/// `kessai chaos --transport amqp`: the real binary starts two coordinators and the
+/// three participants as child processes on PostgreSQL, kills them with SIGKILL,
+/// restarts RabbitMQ, injects message faults inside each service; exit 0 and a JSON
+/// report whose every check passed.
+#[test]
+fn chaos_command_over_rabbitmq_processes() {
+    let _lock = broker_lock("rabbit", true);
+    if !require_service("PostgreSQL", &host_port(&postgres_url(), 5432))
+        || !require_service("RabbitMQ", &host_port(&amqp_url(), 5672))
+    {
+        return;
+    }
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_kessai"))
+        .args([
+            "chaos",
+            "--transport",
+            "amqp",
+            "--duration",
+            "20s",
+            "--kill-every",
+            "1500ms",
+            "--broker-restart-every",
+            "4s",
+            "--broker-outage",
+            "2s",
+            "--concurrency",
+            "16",
+            "--seed",
+            "7",
+            "--json",
+        ])
+        .env("KESSAI_TRANSPORT__AMQP_URL", amqp_url())
+        .env("KESSAI_STORE__POSTGRES_URL", postgres_url())
+        .output()
+        .expect("run kessai chaos");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {}:\n{stdout}\n{stderr}", out.status);
+    let r: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    eprintln!(
+        "processes: {:.1} s, sagas {}, faults {}, quiescence {} s, max sends {}",
+        started.elapsed().as_secs_f64(),
+        r["sagas"],
+        r["faults"],
+        r["quiescence_s"],
+        r["max_sends"]
+    );
+    assert_eq!(r["invariants_ok"], true, "{r:#}");
+    assert_eq!(r["deployment"], "processes");
+    for check in r["invariants"]["checks"].as_array().expect("checks") {
+        assert_eq!(check["ok"], true, "{check:#}");
+    }
+    let names: Vec<&str> = r["invariants"]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    for expected in [
+        "atomicity",
+        "conservation",
+        "no_leaked_reservations",
+        "liveness",
+        "no_lost_submission",
+        "barrier_no_confirm_after_cancel",
+        "no_unexpected_exits",
+        "services_stopped_cleanly",
+    ] {
+        assert!(names.contains(&expected), "{expected} missing from {names:?}");
+    }
+    let f = &r["faults"];
+    assert!(f["process_kills"].as_u64().unwrap() >= 5, "{f}");
+    assert!(f["broker_restarts"].as_u64().unwrap() >= 2, "{f}");
+    assert!(f["dropped"].as_u64().unwrap() > 0, "{f}");
+    assert!(f["duplicated"].as_u64().unwrap() > 0, "{f}");
+    let s = &r["sagas"];
+    assert_eq!(s["unfinished"], 0, "{s}");
+    assert!(s["submitted"].as_u64().unwrap() > 0, "{s}");
+    assert_eq!(
+        s["confirmed"].as_u64().unwrap() + s["cancelled"].as_u64().unwrap(),
+        s["total"].as_u64().unwrap(),
+        "{s}"
+    );
 }
 
 #[test]
@@ -168,14 +354,17 @@ fn bad_flags_exit_non_zero_with_a_clear_message() {
         assert!(!out.status.success(), "{args:?} succeeded");
         assert!(stderr.contains(expect), "{args:?}: {stderr}");
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_kessai"))
-        .args(["chaos", "--transport", "sqs", "--duration", "1s"])
-        .output()
-        .expect("run kessai");
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("multi-process deployment"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    for (args, expect) in [
+        (&["--transport", "sqs", "--broker-restart-every", "5s"][..], "amqp only"),
+        (&["--transport", "amqp", "--coordinators", "0"][..], "between 1 and 16"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_kessai"))
+            .arg("chaos")
+            .args(args)
+            .output()
+            .expect("run kessai");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains(expect), "{args:?}: {stderr}");
+    }
 }

@@ -590,7 +590,10 @@ async fn scenario(d: &mut Deployment) {
         );
         let polled: Vec<(SagaId, SagaState)> = stream::iter(open)
             .map(|id| async move {
-                let (status, view) = http(api, "GET", &format!("/v1/sagas/{id}"), None).await.expect("GET");
+                // `wait` answers as soon as the saga is terminal (or after 5 s).
+                let (status, view) = http(api, "GET", &format!("/v1/sagas/{id}?wait=5s"), None)
+                    .await
+                    .expect("GET");
                 assert_eq!(status, 200, "{id}: {view}");
                 assert_eq!(view["id"], id.to_string());
                 (id, serde_json::from_value(view["state"].clone()).expect("a saga state"))
@@ -664,7 +667,7 @@ async fn scenario(d: &mut Deployment) {
 
 /// Bad input gets a 4xx with a JSON error the client can act on, never a 5xx.
 async fn client_errors_are_clear(api: u16) {
-    let cases: [(&str, &str, Option<&str>, u16, &str); 6] = [
+    let cases: [(&str, &str, Option<&str>, u16, &str); 9] = [
         ("POST", "/v1/payments", Some("{not json"), 400, "malformed_json"),
         (
             "POST",
@@ -688,6 +691,27 @@ async fn client_errors_are_clear(api: u16) {
             "invalid_request",
         ),
         ("GET", "/v1/sagas/not-a-uuid", None, 400, "invalid_saga_id"),
+        (
+            "GET",
+            "/v1/sagas/0190d9a4-6b2e-7000-8000-000000000000?wait=forever",
+            None,
+            400,
+            "invalid_wait",
+        ),
+        (
+            "GET",
+            "/v1/sagas/0190d9a4-6b2e-7000-8000-000000000000?wait=1h",
+            None,
+            400,
+            "invalid_wait",
+        ),
+        (
+            "GET",
+            "/v1/sagas/0190d9a4-6b2e-7000-8000-000000000000?colour=red",
+            None,
+            400,
+            "invalid_query",
+        ),
         (
             "GET",
             "/v1/sagas/0190d9a4-6b2e-7000-8000-000000000000",

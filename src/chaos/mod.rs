@@ -1,58 +1,75 @@
 //! `kessai chaos`: break things on purpose, then prove SPEC §4.
 //!
-//! With `--transport memory` the coordinator and the three participants share one
-//! process (an [`EmbeddedStack`] on SQLite) over a [`FaultyTransport`] wrapping the
-//! in-process transport. Clients submit payments back-to-back for `--duration` while
-//! the transport drops, duplicates, delays and reorders messages and a fault task
-//! "kill -9"s a random service every `--kill-every` (aborting its tasks with no
-//! shutdown step, then restarting it on the same database files after a short pause).
-//! Then faults stop, the run waits for quiescence (every saga terminal, nothing queued
-//! or in flight), checks every invariant of §4 from each participant's own books, and
-//! checks the participants' barrier records: no branch confirmed twice, no confirm
-//! after (or alongside) a cancel.
+//! Two deployments, one report:
 //!
-//! `--transport amqp|sqs` needs the multi-process deployment and is not built yet.
+//! - **processes** (`--transport amqp|sqs`, the default for a real broker): 2+
+//!   `kessai coordinator` processes and the three `kessai participant` processes, each
+//!   on its own PostgreSQL database, started as child processes of this one
+//!   ([`processes`]). Faults: `kill -9` of a random process every `--kill-every`, then a
+//!   restart; RabbitMQ stopped and started every `--broker-restart-every`
+//!   (`rabbitmqctl stop_app` / `start_app`, [`broker`]); and message drop / duplicate /
+//!   delay / reorder injected *inside* every service (`[faults]`,
+//!   [`crate::fault_control`]) on what it publishes.
+//! - **in-process** (`--transport memory`, or `--in-process` with a broker): the
+//!   coordinator and the participants share this process on SQLite files over a
+//!   [`FaultyTransport`]; a "kill" aborts one service's tasks with no shutdown step,
+//!   drops its in-memory state and unacknowledged deliveries, and restarts it on the
+//!   same database files ([`in_process`]).
+//!
+//! Clients submit payments back-to-back for `--duration` while the faults run. Then
+//! the faults stop, the run waits for quiescence (every saga terminal, the outbox
+//! empty, nothing queued or held back), checks every invariant of §4 from each
+//! participant's own database, checks the participants' barrier records (no branch
+//! confirmed twice, no confirm after or beside a cancel), and reports.
 
-use crate::demo::{self, TransportKind};
-use crate::invariants::{Check, InvariantReport, Resubmission};
-use crate::stack::{DatabaseUrls, EmbeddedStack, StackConfig};
-use anyhow::{Context, bail};
+mod broker;
+mod in_process;
+mod processes;
+
+use crate::config::Config;
+use crate::demo::TransportKind;
+use crate::invariants::{self, Check, InvariantReport, Resubmission, SagaOutcome};
+use crate::units::parse_duration;
+use anyhow::Context;
 use clap::Args;
-use kessai_coordinator::machine::Backoff;
+use kessai_coordinator::SagaState;
 use kessai_coordinator::store::entities::saga_event;
-use kessai_coordinator::{Coordinator, SagaState, SystemClock};
 use kessai_messages::{Operation, Payment, SagaId};
 use kessai_participants::ReferenceParticipant;
-use kessai_transport::{FaultConfig, FaultyTransport, MemoryTransport, Transport};
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
+use kessai_transport::FaultConfig;
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
-use tokio::sync::RwLock;
-use tokio_util::sync::CancellationToken;
+use std::time::Duration;
 
 /// Longest wait for quiescence once the faults stopped.
 pub const QUIESCENCE_BOUND: Duration = Duration::from_secs(120);
-/// How long a client waits for one saga before it moves on.
+/// How long a client waits for one saga's outcome before it submits the next.
 const CLIENT_WAIT: Duration = Duration::from_secs(3);
 /// How long one submission may take (a killed coordinator may never answer).
 const SUBMIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most sagas whose barrier records are read (a deterministic stride sample beyond).
 const BARRIER_SAMPLE: usize = 20_000;
 const MAX_OFFENDERS: usize = 20;
+/// Acknowledged payments submitted again at the end (each must create nothing).
+const RESUBMISSIONS: usize = 10;
 
 #[derive(Debug, Args)]
 pub struct ChaosArgs {
-    /// memory: every service in this process; amqp|sqs: the multi-process deployment.
+    /// memory: every service in this process; amqp|sqs: the multi-process deployment
+    /// (PostgreSQL databases, child processes), unless --in-process.
     #[arg(long, value_enum, default_value = "memory")]
     pub transport: TransportKind,
+    /// With amqp|sqs: run every service inside this process (SQLite files) instead of
+    /// as child processes; "kills" then abort a service's tasks.
+    #[arg(long)]
+    pub in_process: bool,
+    /// Coordinator processes sharing one database (multi-process deployment only).
+    #[arg(long, default_value = "2", value_parser = parse_coordinators, allow_hyphen_values = true)]
+    pub coordinators: usize,
     /// How long clients submit payments while faults are injected (e.g. 30s, 2m).
     #[arg(long, default_value = "30s", value_parser = parse_run_duration, allow_hyphen_values = true)]
     pub duration: Duration,
@@ -74,6 +91,13 @@ pub struct ChaosArgs {
     /// Kill a random service this often (e.g. 3s); 0 or "off" for no kills.
     #[arg(long, default_value = "3s", value_parser = parse_kill_every, allow_hyphen_values = true)]
     pub kill_every: Duration,
+    /// Stop and start RabbitMQ this often (amqp only; needs `rabbitmqctl` for the
+    /// broker's node); 0 or "off" for none. Default: 15s with amqp.
+    #[arg(long, value_parser = parse_kill_every, allow_hyphen_values = true)]
+    pub broker_restart_every: Option<Duration>,
+    /// How long each broker outage lasts.
+    #[arg(long, default_value = "3s", value_parser = parse_delay_max, allow_hyphen_values = true)]
+    pub broker_outage: Duration,
     /// Concurrent clients submitting payments back-to-back.
     #[arg(long, default_value = "32", value_parser = parse_concurrency, allow_hyphen_values = true)]
     pub concurrency: usize,
@@ -86,52 +110,17 @@ pub struct ChaosArgs {
     /// Print one JSON object instead of the report.
     #[arg(long)]
     pub json: bool,
-    /// Folder for the SQLite files (one per service); default: a fresh temporary folder.
+    /// Folder for the SQLite files (in-process) or the services' logs and shared
+    /// config (processes); default: a fresh temporary folder, kept if a check fails.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-}
-
-/// Parses "30s", "2m", "1h", "500ms", "1m30s" or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    if t.is_empty() {
-        return Err("empty duration; use e.g. 30s, 2m, 500ms".into());
-    }
-    let bad = || format!("invalid duration {s:?}; use e.g. 30s, 2m, 500ms, 1m30s");
-    if let Ok(secs) = t.parse::<f64>() {
-        return if (0.0..1e9).contains(&secs) {
-            Ok(Duration::from_secs_f64(secs))
-        } else {
-            Err(bad())
-        };
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = t;
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
-        if digits == 0 {
-            return Err(bad());
-        }
-        let value: f64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let secs = match unit {
-            "ms" => value / 1000.0,
-            "s" | "sec" | "secs" => value,
-            "m" | "min" | "mins" => value * 60.0,
-            "h" | "hr" | "hours" => value * 3600.0,
-            _ => return Err(bad()),
-        };
-        if !secs.is_finite() || secs >= 1e9 {
-            return Err(bad());
-        }
-        total += Duration::from_secs_f64(secs);
-    }
-    Ok(total)
+    /// Keep the run's databases and queues after a passing run (a failing run always
+    /// keeps them, for inspection).
+    #[arg(long)]
+    pub keep: bool,
+    /// TOML config for broker and database settings (then `KESSAI_*` env vars).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
 }
 
 fn parse_run_duration(s: &str) -> Result<Duration, String> {
@@ -181,9 +170,21 @@ fn parse_concurrency(s: &str) -> Result<usize, String> {
     }
 }
 
+fn parse_coordinators(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<i128>() {
+        Ok(n) if (1..=16).contains(&n) => Ok(n as usize),
+        Ok(n) => Err(format!("must be between 1 and 16, got {n}")),
+        Err(_) => Err(format!("must be a whole number between 1 and 16, got {s:?}")),
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct ChaosOptions {
     pub transport: TransportKind,
+    /// Every service in this process (always so for `memory`).
+    pub in_process: bool,
+    /// Coordinator processes (multi-process deployment).
+    pub coordinators: usize,
     pub duration: Duration,
     pub drop: f64,
     pub duplicate: f64,
@@ -192,10 +193,16 @@ pub struct ChaosOptions {
     pub reorder: f64,
     /// `None`: no process kills.
     pub kill_every: Option<Duration>,
+    /// `None`: no broker restarts (only amqp has them).
+    pub broker_restart_every: Option<Duration>,
+    pub broker_outage: Duration,
     pub concurrency: usize,
     pub fail_rate: f64,
     pub seed: u64,
     pub data_dir: Option<PathBuf>,
+    pub keep: bool,
+    /// Broker URLs, the PostgreSQL server, credentials.
+    pub config: Config,
     /// Print phase lines to stderr.
     pub progress: bool,
 }
@@ -204,6 +211,8 @@ impl Default for ChaosOptions {
     fn default() -> Self {
         ChaosOptions {
             transport: TransportKind::Memory,
+            in_process: true,
+            coordinators: 2,
             duration: Duration::from_secs(30),
             drop: 0.0,
             duplicate: 0.0,
@@ -211,12 +220,58 @@ impl Default for ChaosOptions {
             delay_max: Duration::from_millis(200),
             reorder: 0.0,
             kill_every: None,
+            broker_restart_every: None,
+            broker_outage: Duration::from_secs(3),
             concurrency: 32,
             fail_rate: 0.1,
             seed: 42,
             data_dir: None,
+            keep: false,
+            config: Config::default(),
             progress: false,
         }
+    }
+}
+
+impl ChaosOptions {
+    fn fault_config(&self) -> FaultConfig {
+        FaultConfig {
+            drop: self.drop,
+            duplicate: self.duplicate,
+            delay: self.delay,
+            delay_max: self.delay_max,
+            reorder: self.reorder,
+            seed: self.seed,
+        }
+    }
+
+    fn note(&self, msg: impl std::fmt::Display) {
+        if self.progress {
+            eprintln!("chaos: {msg}");
+        }
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        self.fault_config().validate().context("fault settings")?;
+        anyhow::ensure!(self.concurrency >= 1, "concurrency must be at least 1");
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.fail_rate),
+            "fail rate must be between 0 and 1"
+        );
+        anyhow::ensure!(
+            self.in_process || self.transport != TransportKind::Memory,
+            "the in-process transport cannot connect separate processes: --transport memory runs in-process"
+        );
+        anyhow::ensure!(
+            self.in_process || self.coordinators >= 1,
+            "at least one coordinator process is needed"
+        );
+        anyhow::ensure!(
+            self.broker_restart_every.is_none() || self.transport == TransportKind::Amqp,
+            "broker restarts are for --transport amqp only: the in-process transport has no broker, \
+             and restarting the SQS emulator would wipe its queues (real SQS does not restart)"
+        );
+        Ok(())
     }
 }
 
@@ -239,7 +294,8 @@ pub struct SagaCounts {
 pub struct FaultReport {
     pub process_kills: u64,
     pub kills_by_service: BTreeMap<String, u64>,
-    /// Always 0 in memory mode (there is no broker to restart).
+    /// RabbitMQ stopped and started again (amqp only: the in-process transport has no
+    /// broker, and the SQS emulator loses its queues when restarted).
     pub broker_restarts: u64,
     pub dropped: u64,
     pub duplicated: u64,
@@ -251,6 +307,8 @@ pub struct FaultReport {
 pub struct ChaosReport {
     pub invariants_ok: bool,
     pub transport: TransportKind,
+    /// `in-process` or `processes`.
+    pub deployment: &'static str,
     pub duration_s: f64,
     pub seed: u64,
     pub sagas: SagaCounts,
@@ -268,14 +326,22 @@ pub struct ChaosReport {
     pub barrier_sagas_checked: u64,
     /// SPEC §4 checks plus the barrier check, each with offending saga ids.
     pub invariants: InvariantReport,
+    /// SQLite files (in-process) or the services' logs (processes).
     pub data_dir: String,
 }
 
 /// The CLI entry point: runs, prints, exit code.
 pub async fn run_cli(args: ChaosArgs) -> anyhow::Result<ExitCode> {
     let json = args.json;
+    let broker_restart_every = match (args.broker_restart_every, args.transport) {
+        (Some(d), _) => Some(d).filter(|d| !d.is_zero()),
+        (None, TransportKind::Amqp) => Some(Duration::from_secs(15)),
+        (None, _) => None,
+    };
     let report = run(ChaosOptions {
         transport: args.transport,
+        in_process: args.in_process || args.transport == TransportKind::Memory,
+        coordinators: args.coordinators,
         duration: args.duration,
         drop: args.drop,
         duplicate: args.duplicate,
@@ -283,10 +349,14 @@ pub async fn run_cli(args: ChaosArgs) -> anyhow::Result<ExitCode> {
         delay_max: args.delay_max,
         reorder: args.reorder,
         kill_every: Some(args.kill_every).filter(|d| !d.is_zero()),
+        broker_restart_every,
+        broker_outage: args.broker_outage,
         concurrency: args.concurrency,
         fail_rate: args.fail_rate,
         seed: args.seed,
         data_dir: args.data_dir,
+        keep: args.keep,
+        config: Config::load(args.config.as_deref())?,
         progress: !json && std::io::stderr().is_terminal(),
     })
     .await?;
@@ -304,8 +374,8 @@ pub async fn run_cli(args: ChaosArgs) -> anyhow::Result<ExitCode> {
 
 fn print_report(r: &ChaosReport) {
     println!(
-        "kessai chaos — {:?} transport, {:.0} s of load, seed {}, data in {}",
-        r.transport, r.duration_s, r.seed, r.data_dir
+        "kessai chaos — {:?} transport, {}, {:.0} s of load, seed {}, data in {}",
+        r.transport, r.deployment, r.duration_s, r.seed, r.data_dir
     );
     let s = &r.sagas;
     println!(
@@ -339,86 +409,12 @@ fn print_report(r: &ChaosReport) {
 
 /// Runs one chaos session and reports. Errors are set-up failures, not violations.
 pub async fn run(opts: ChaosOptions) -> anyhow::Result<ChaosReport> {
-    match opts.transport {
-        TransportKind::Memory => {}
-        TransportKind::Amqp | TransportKind::Sqs => bail!(
-            "`kessai chaos --transport {}` is not available yet: it needs the multi-process \
-             deployment (coordinators and participants as child processes); use --transport memory",
-            match opts.transport {
-                TransportKind::Amqp => "amqp",
-                _ => "sqs",
-            }
-        ),
+    opts.validate()?;
+    if opts.in_process {
+        in_process::run(opts).await
+    } else {
+        processes::run(opts).await
     }
-    let fault_config = FaultConfig {
-        drop: opts.drop,
-        duplicate: opts.duplicate,
-        delay: opts.delay,
-        delay_max: opts.delay_max,
-        reorder: opts.reorder,
-        seed: opts.seed,
-    };
-    fault_config.validate().context("fault settings")?;
-    anyhow::ensure!(opts.concurrency >= 1, "concurrency must be at least 1");
-    anyhow::ensure!(
-        (0.0..=1.0).contains(&opts.fail_rate),
-        "fail rate must be between 0 and 1"
-    );
-
-    let run_id = SagaId::new().to_string()[..8].to_owned();
-    let temp;
-    let dir = match &opts.data_dir {
-        Some(d) => d.clone(),
-        None => {
-            temp = tempfile::Builder::new().prefix("kessai-chaos-").tempdir()?;
-            temp.path().to_path_buf()
-        }
-    };
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let urls = DatabaseUrls::sqlite(&dir);
-
-    let mut config = crate::config::Config {
-        queue_prefix: format!("kessai-chaos-{run_id}"),
-        ..Default::default()
-    };
-    config.transport.kind = TransportKind::Memory;
-    let mut coordinator = config.coordinator_config();
-    // Brisk resends, so a lost message or a killed service costs seconds, not minutes.
-    coordinator.policy.try_resend = Backoff {
-        initial_ms: 300,
-        max_ms: 1_000,
-    };
-    coordinator.policy.finish_resend = Backoff {
-        initial_ms: 300,
-        max_ms: 2_000,
-    };
-    coordinator.relay_poll = Duration::from_millis(100);
-    let faulty = FaultyTransport::new(Arc::new(MemoryTransport::new()), fault_config)?;
-    let transport: Arc<dyn Transport> = Arc::new(faulty.clone());
-    let stack_config = StackConfig {
-        urls,
-        coordinator,
-        participant: config.participant_config(),
-        clock: Arc::new(SystemClock),
-        max_connections: 1,
-    };
-    let stack = EmbeddedStack::start(stack_config, transport).await?;
-    let stack = Arc::new(RwLock::new(stack));
-    let result = drive(&stack, &faulty, &opts, &run_id).await;
-    let stack = match Arc::try_unwrap(stack) {
-        Ok(lock) => Some(lock.into_inner()),
-        Err(_) => None,
-    };
-    if let Some(stack) = stack {
-        for (task, r) in stack.shutdown().await {
-            if let Err(e) = r {
-                tracing::debug!(task, error = %e, "task ended with an error");
-            }
-        }
-    }
-    let mut report = result?;
-    report.data_dir = dir.display().to_string();
-    Ok(report)
 }
 
 /// What the clients hand back.
@@ -429,259 +425,125 @@ struct ClientOutcome {
     sample: Option<(Payment, SagaId)>,
 }
 
-async fn drive(
-    stack: &Arc<RwLock<EmbeddedStack>>,
-    faulty: &FaultyTransport<MemoryTransport>,
-    opts: &ChaosOptions,
-    run_id: &str,
-) -> anyhow::Result<ChaosReport> {
-    let note = |msg: String| {
-        if opts.progress {
-            eprintln!("chaos: {msg}");
+impl ClientOutcome {
+    fn merge(outcomes: impl IntoIterator<Item = ClientOutcome>) -> (Vec<SagaId>, Vec<(Payment, SagaId)>) {
+        let mut acknowledged = Vec::new();
+        let mut samples = Vec::new();
+        for o in outcomes {
+            acknowledged.extend(o.acknowledged);
+            samples.extend(o.sample);
         }
-    };
-    let stop = CancellationToken::new();
-    let submit_errors = Arc::new(AtomicU64::new(0));
-    note(format!(
-        "{} clients submitting for {:?}; faults on",
-        opts.concurrency, opts.duration
-    ));
-    let mut clients = tokio::task::JoinSet::new();
-    for c in 0..opts.concurrency {
-        let (stack, stop, errors) = (stack.clone(), stop.clone(), submit_errors.clone());
-        let (seed, fail_rate, run) = (
-            opts.seed.wrapping_mul(1_000_003).wrapping_add(c as u64),
-            opts.fail_rate,
-            run_id.to_owned(),
-        );
-        clients.spawn(async move { client(stack, stop, errors, seed, fail_rate, format!("chaos-{run}-{c}")).await });
+        (acknowledged, samples)
     }
-    let kills = opts.kill_every.map(|every| {
-        let (stack, stop, seed) = (stack.clone(), stop.clone(), opts.seed);
-        tokio::spawn(async move { killer(stack, stop, every, seed).await })
-    });
+}
 
-    tokio::time::sleep(opts.duration).await;
-    stop.cancel();
-    // Every killed service is back before the fault task ends.
-    let kills_by_service = match kills {
-        Some(k) => k.await.context("fault task")??,
-        None => BTreeMap::new(),
-    };
-    faulty.set_enabled(false);
-    faulty.release_held().await?;
-    let quiet_from = Instant::now();
-    let mut outcome = ClientOutcome::default();
-    let mut samples = Vec::new();
-    while let Some(r) = clients.join_next().await {
-        let o = r.context("client task")?;
-        outcome.acknowledged.extend(o.acknowledged);
-        samples.extend(o.sample);
-    }
-    note(format!(
-        "faults stopped after {} acknowledged submissions; waiting for quiescence",
-        outcome.acknowledged.len()
-    ));
+/// A client's workload seed and payment-id prefix.
+fn client_seed(opts: &ChaosOptions, client: usize) -> u64 {
+    opts.seed.wrapping_mul(1_000_003).wrapping_add(client as u64)
+}
 
-    let stack = stack.read().await;
-    let quiesced = wait_quiescent(&stack, faulty, quiet_from + QUIESCENCE_BOUND).await?;
-    let quiescence_s = quiet_from.elapsed().as_secs_f64();
-    note(format!("quiescent after {quiescence_s:.2} s; checking invariants"));
+/// Everything the checks read, once the run is quiet: the coordinator's database and
+/// each participant's own.
+struct Books<'a> {
+    coordinator: &'a DatabaseConnection,
+    participants: Vec<(ReferenceParticipant, &'a DatabaseConnection)>,
+}
 
-    // Resubmitting acknowledged payments must create nothing new.
-    let mut resubmissions = Vec::new();
-    for (payment, first) in samples.iter().take(10) {
-        let again = stack.coordinator().submit_payment(payment, None).await?;
-        resubmissions.push(Resubmission {
-            first: *first,
-            again: again.saga_id,
-            created: again.created,
-        });
-    }
-    let mut report = demo::check(&stack, &outcome.acknowledged, &resubmissions).await?;
-    let outcomes: Vec<(SagaId, SagaState)> = kessai_coordinator::store::outcomes(stack.coordinator().db())
-        .await?
-        .into_iter()
-        .map(|(id, state, _)| (id, state))
+/// What the databases say after the run.
+struct Assessment {
+    invariants: InvariantReport,
+    sagas: SagaCounts,
+    max_sends: u32,
+    max_resends_per_saga: u64,
+    max_resends_saga: Option<SagaId>,
+    barrier_sagas_checked: u64,
+}
+
+/// SPEC §4 from each participant's books, the barrier check, the saga counts and the
+/// resend statistics. `extra` checks (quiescence, clean stops) join the report.
+async fn assess(
+    books: &Books<'_>,
+    acknowledged: &[SagaId],
+    resubmissions: &[Resubmission],
+    extra: Vec<Check>,
+) -> anyhow::Result<Assessment> {
+    let rows = kessai_coordinator::store::outcomes(books.coordinator).await?;
+    let outcomes: Vec<SagaOutcome> = rows
+        .iter()
+        .map(|(id, state, request)| SagaOutcome::from_row(*id, *state, request))
         .collect();
-    let (barrier, checked) = barrier_check(&stack, &outcomes).await?;
-    report.checks.push(barrier);
-    if !quiesced {
-        report.checks.push(Check {
-            name: "quiescence",
-            ok: false,
-            detail: format!("not quiescent within {QUIESCENCE_BOUND:?} of the faults stopping"),
-            offending: vec![],
-        });
+    let mut audits = Vec::new();
+    for (p, db) in &books.participants {
+        audits.push(p.audit(db).await.with_context(|| format!("auditing {}", p.name()))?);
     }
-    let (max_sends, max_resends_per_saga, max_resends_saga) = send_counts(stack.coordinator().db()).await?;
-    let (by_state, stuck) = kessai_coordinator::store::counts(stack.coordinator().db()).await?;
+    let mut report = invariants::check_all(&outcomes, &audits, acknowledged, resubmissions);
+    let states: Vec<(SagaId, SagaState)> = rows.iter().map(|(id, state, _)| (*id, *state)).collect();
+    let (barrier, barrier_sagas_checked) = barrier_check(&books.participants, &states).await?;
+    report.checks.push(barrier);
+    report.checks.extend(extra);
+    let (max_sends, max_resends_per_saga, max_resends_saga) = send_counts(books.coordinator).await?;
+    let (by_state, stuck) = kessai_coordinator::store::counts(books.coordinator).await?;
     let count = |s: SagaState| by_state.get(&s).copied().unwrap_or(0);
-    let counters = faulty.counters();
-    Ok(ChaosReport {
-        invariants_ok: report.ok(),
-        transport: opts.transport,
-        duration_s: opts.duration.as_secs_f64(),
-        seed: opts.seed,
+    Ok(Assessment {
+        invariants: report,
         sagas: SagaCounts {
-            submitted: outcome.acknowledged.len() as u64,
+            submitted: acknowledged.len() as u64,
             total: by_state.values().sum(),
             confirmed: count(SagaState::Confirmed),
             cancelled: count(SagaState::Cancelled),
             unfinished: count(SagaState::Trying) + count(SagaState::Confirming) + count(SagaState::Cancelling),
             stuck,
-            submit_errors: submit_errors.load(Ordering::Relaxed),
+            submit_errors: 0,
         },
-        faults: FaultReport {
-            process_kills: kills_by_service.values().sum(),
-            kills_by_service,
-            broker_restarts: 0,
-            dropped: counters.dropped,
-            duplicated: counters.duplicated,
-            delayed: counters.delayed,
-            reordered: counters.reordered,
-        },
-        quiescence_s,
-        quiesced,
         max_sends,
         max_resends_per_saga,
         max_resends_saga,
-        barrier_sagas_checked: checked,
-        invariants: report,
-        data_dir: String::new(),
+        barrier_sagas_checked,
     })
 }
 
-/// One client: submit (retrying the same payment after an error or a timeout, so a
-/// kill never duplicates it), wait a little for the outcome, next — until stopped.
-async fn client(
-    stack: Arc<RwLock<EmbeddedStack>>,
-    stop: CancellationToken,
-    errors: Arc<AtomicU64>,
-    seed: u64,
-    fail_rate: f64,
-    prefix: String,
-) -> ClientOutcome {
-    let mut rng = SmallRng::seed_from_u64(seed);
-    let mut out = ClientOutcome::default();
-    let mut n = 0u64;
-    'payments: while !stop.is_cancelled() {
-        let payment = crate::demo::random_payment(&mut rng, format!("{prefix}-{n}"), fail_rate);
-        n += 1;
-        let (coordinator, saga_id) = loop {
-            if stop.is_cancelled() {
-                break 'payments;
-            }
-            let coordinator: Coordinator = stack.read().await.coordinator().clone();
-            match tokio::time::timeout(SUBMIT_TIMEOUT, coordinator.submit_payment(&payment, None)).await {
-                Ok(Ok(s)) => break (coordinator, s.saga_id),
-                Ok(Err(_)) | Err(_) => {
-                    errors.fetch_add(1, Ordering::Relaxed);
-                    tokio::select! {
-                        _ = stop.cancelled() => break 'payments,
-                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                    }
-                }
-            }
-        };
-        out.acknowledged.push(saga_id);
-        if out.sample.is_none() {
-            out.sample = Some((payment, saga_id));
-        }
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = tokio::time::timeout(CLIENT_WAIT, coordinator.wait(saga_id, CLIENT_WAIT)) => {}
-        }
-    }
-    out
-}
-
-/// Every `every`, kills a random service and restarts it after a short random pause.
-/// Returns the kills by service; every service is running again when it returns.
-async fn killer(
-    stack: Arc<RwLock<EmbeddedStack>>,
-    stop: CancellationToken,
-    every: Duration,
-    seed: u64,
-) -> anyhow::Result<BTreeMap<String, u64>> {
-    let mut rng = SmallRng::seed_from_u64(seed ^ 0x6b69_6c6c);
-    let mut kills: BTreeMap<String, u64> = BTreeMap::new();
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return Ok(kills),
-            _ = tokio::time::sleep(every) => {}
-        }
-        let victim = rng.random_range(0..=ReferenceParticipant::ALL.len());
-        let pause = Duration::from_millis(rng.random_range(100..=700));
-        let name = match victim {
-            0 => {
-                stack.write().await.kill_coordinator().await;
-                "coordinator"
-            }
-            i => {
-                let p = ReferenceParticipant::ALL[i - 1];
-                stack.write().await.kill_participant(p).await;
-                p.name()
-            }
-        };
-        *kills.entry(name.to_owned()).or_default() += 1;
-        tracing::debug!(service = name, ?pause, "killed");
-        tokio::time::sleep(pause).await;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let r = {
-                let mut s = stack.write().await;
-                match victim {
-                    0 => s.restart_coordinator().await,
-                    i => s.restart_participant(ReferenceParticipant::ALL[i - 1]).await,
-                }
-            };
-            match r {
-                Ok(()) => break,
-                Err(e) if attempt < 10 => {
-                    tracing::warn!(service = name, error = %e, "restart failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(e) => return Err(e.context(format!("restarting {name}"))),
-            }
+impl ChaosReport {
+    fn new(opts: &ChaosOptions, a: Assessment, faults: FaultReport, quiescence_s: f64, quiesced: bool) -> Self {
+        ChaosReport {
+            invariants_ok: a.invariants.ok(),
+            transport: opts.transport,
+            deployment: if opts.in_process { "in-process" } else { "processes" },
+            duration_s: opts.duration.as_secs_f64(),
+            seed: opts.seed,
+            sagas: a.sagas,
+            faults,
+            quiescence_s,
+            quiesced,
+            max_sends: a.max_sends,
+            max_resends_per_saga: a.max_resends_per_saga,
+            max_resends_saga: a.max_resends_saga,
+            barrier_sagas_checked: a.barrier_sagas_checked,
+            invariants: a.invariants,
+            data_dir: String::new(),
         }
     }
 }
 
-/// Waits until every saga is terminal and no message is queued, held or in flight.
-async fn wait_quiescent(
-    stack: &EmbeddedStack,
-    faulty: &FaultyTransport<MemoryTransport>,
-    deadline: Instant,
-) -> anyhow::Result<bool> {
-    let db = stack.coordinator().db();
-    loop {
-        let (by_state, _) = kessai_coordinator::store::counts(db).await?;
-        let unfinished: u64 = by_state.iter().filter(|(s, _)| !s.is_terminal()).map(|(_, n)| *n).sum();
-        let outbox = kessai_coordinator::store::outbox_len(db).await?;
-        let queued = stack.queued_messages().await;
-        if unfinished == 0 && outbox == 0 && queued == Some(0) && faulty.in_flight() == 0 {
-            return Ok(true);
-        }
-        if Instant::now() >= deadline {
-            return Ok(false);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+fn quiescence_check(quiesced: bool) -> Option<Check> {
+    (!quiesced).then(|| Check {
+        name: "quiescence",
+        ok: false,
+        detail: format!("not quiescent within {QUIESCENCE_BOUND:?} of the faults stopping"),
+        offending: vec![],
+    })
 }
 
 /// From each participant's barrier records: no branch confirmed twice, no confirm
 /// taking effect after (or alongside) a cancel, and each outcome matches the saga's.
-async fn barrier_check(stack: &EmbeddedStack, outcomes: &[(SagaId, SagaState)]) -> anyhow::Result<(Check, u64)> {
+async fn barrier_check(
+    participants: &[(ReferenceParticipant, &DatabaseConnection)],
+    outcomes: &[(SagaId, SagaState)],
+) -> anyhow::Result<(Check, u64)> {
     let stride = outcomes.len().div_ceil(BARRIER_SAMPLE).max(1);
     let sample: Vec<&(SagaId, SagaState)> = outcomes.iter().step_by(stride).collect();
     let mut offending = Vec::new();
     let mut problems = Vec::new();
-    for p in ReferenceParticipant::ALL {
-        let db = stack
-            .participant_db(p)
-            .with_context(|| format!("participant {} is not running", p.name()))?;
+    for &(p, db) in participants {
         for &&(saga, state) in &sample {
             let records = kessai_participants::barrier_records(db, saga).await?;
             let mut by_branch: BTreeMap<u32, Vec<&kessai_participants::BarrierRecord>> = BTreeMap::new();
@@ -782,21 +644,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
-        assert!(parse_duration("xyz").is_err());
-        assert!(parse_duration("10x").is_err());
-        assert!(parse_duration("-1s").is_err());
-        assert!(parse_duration("").is_err());
+    fn flags() {
         assert_eq!(parse_kill_every("off"), Ok(Duration::ZERO));
         assert_eq!(parse_kill_every("0"), Ok(Duration::ZERO));
         assert!(parse_kill_every("10ms").is_err());
         assert!(parse_run_duration("0s").is_err());
         assert!(parse_probability("2").is_err());
         assert!(parse_probability("nan").is_err());
+        assert!(parse_coordinators("0").is_err());
+        assert_eq!(parse_coordinators("3"), Ok(3));
+    }
+
+    #[test]
+    fn options_that_cannot_work_are_refused() {
+        let memory_processes = ChaosOptions {
+            in_process: false,
+            ..ChaosOptions::default()
+        };
+        assert!(memory_processes.validate().is_err());
+        let sqs_restarts = ChaosOptions {
+            transport: TransportKind::Sqs,
+            broker_restart_every: Some(Duration::from_secs(5)),
+            ..ChaosOptions::default()
+        };
+        assert!(format!("{:#}", sqs_restarts.validate().unwrap_err()).contains("amqp only"));
+        assert!(ChaosOptions::default().validate().is_ok());
     }
 }

@@ -21,6 +21,9 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+/// How often [`Coordinator::wait`] re-reads a saga another coordinator may finish.
+pub const WAIT_POLL: Duration = Duration::from_millis(250);
+
 pub use drive::Driven;
 
 /// How a coordinator behaves. Defaults are production-sane.
@@ -207,20 +210,30 @@ impl Coordinator {
     }
 
     /// Waits until the saga is terminal or `timeout` passes; returns its state then.
+    ///
+    /// Woken at once when this coordinator finishes the saga; another coordinator on
+    /// the same database may finish it instead, so the state is also re-read every
+    /// [`WAIT_POLL`].
     pub async fn wait(&self, id: SagaId, timeout: Duration) -> Result<Option<SagaState>, Error> {
-        let rx = self.inner.waiters.register(id);
-        let loaded = store::load(&self.inner.db, &[id]).await?;
-        let Some(current) = loaded.get(&id).map(|l| l.saga.state) else {
-            return Ok(None);
-        };
-        if current.is_terminal() {
-            return Ok(Some(current));
-        }
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(state)) => Ok(Some(state)),
-            _ => {
-                let loaded = store::load(&self.inner.db, &[id]).await?;
-                Ok(loaded.get(&id).map(|l| l.saga.state))
+        let mut rx = self.inner.waiters.register(id);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let loaded = store::load(&self.inner.db, &[id]).await?;
+            let Some(current) = loaded.get(&id).map(|l| l.saga.state) else {
+                return Ok(None);
+            };
+            let now = tokio::time::Instant::now();
+            if current.is_terminal() || now >= deadline {
+                return Ok(Some(current));
+            }
+            let nap = (deadline - now).min(WAIT_POLL);
+            tokio::select! {
+                woken = &mut rx, if !rx.is_terminated() => {
+                    if let Ok(state) = woken {
+                        return Ok(Some(state));
+                    }
+                }
+                _ = tokio::time::sleep(nap) => {}
             }
         }
     }

@@ -1,0 +1,319 @@
+//! The in-process deployment: the coordinator and the three participants in this
+//! process (an [`EmbeddedStack`] on SQLite files), over a [`FaultyTransport`] wrapping
+//! the configured transport — the in-process one, or a real broker with
+//! `--in-process`. A "kill" aborts one service's tasks with no shutdown step (its
+//! unacknowledged deliveries go back to the queue, its in-memory state is lost) and
+//! restarts it on the same database files after a short pause.
+
+use super::{
+    Books, CLIENT_WAIT, ChaosOptions, ChaosReport, ClientOutcome, FaultReport, QUIESCENCE_BOUND, RESUBMISSIONS,
+    SUBMIT_TIMEOUT, assess, broker, client_seed, quiescence_check,
+};
+use crate::demo::TransportKind;
+use crate::invariants::Resubmission;
+use crate::stack::{DatabaseUrls, EmbeddedStack, StackConfig};
+use anyhow::Context;
+use kessai_coordinator::machine::Backoff;
+use kessai_coordinator::{Coordinator, SystemClock};
+use kessai_participants::ReferenceParticipant;
+use kessai_transport::{FaultyTransport, MemoryTransport, Transport};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::RwLock;
+use tokio_util::sync::CancellationToken;
+
+type Faulty = FaultyTransport<dyn Transport>;
+
+/// How long a killed service may take to come back (a broker outage may be under way).
+const RESTART_WITHIN: Duration = Duration::from_secs(60);
+
+pub(super) async fn run(opts: ChaosOptions) -> anyhow::Result<ChaosReport> {
+    if opts.broker_restart_every.is_some() {
+        broker::preflight().await?;
+    }
+    let run_id = crate::demo::new_run_id();
+    let temp = match &opts.data_dir {
+        Some(_) => None,
+        None => Some(tempfile::Builder::new().prefix("kessai-chaos-").tempdir()?),
+    };
+    let dir = match (&opts.data_dir, &temp) {
+        (Some(d), _) => d.clone(),
+        (None, t) => t.as_ref().expect("made above").path().to_path_buf(),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+
+    let mut config = opts.config.clone();
+    config.queue_prefix = format!("kessai-chaos-{run_id}");
+    config.transport.kind = opts.transport;
+    let inner: Arc<dyn Transport> = match opts.transport {
+        TransportKind::Memory => Arc::new(MemoryTransport::new()),
+        _ => config.transport().await?,
+    };
+    let mut coordinator = config.coordinator_config();
+    // Brisk resends, so a lost message or a killed service costs seconds, not minutes.
+    coordinator.policy.try_resend = Backoff {
+        initial_ms: 300,
+        max_ms: 1_000,
+    };
+    coordinator.policy.finish_resend = Backoff {
+        initial_ms: 300,
+        max_ms: 2_000,
+    };
+    coordinator.relay_poll = Duration::from_millis(100);
+    let faulty: Faulty = FaultyTransport::new(inner.clone(), opts.fault_config())?;
+    let stack_config = StackConfig {
+        urls: DatabaseUrls::sqlite(&dir),
+        coordinator,
+        participant: config.participant_config(),
+        clock: Arc::new(SystemClock),
+        max_connections: 1,
+    };
+    let stack = EmbeddedStack::start(stack_config, Arc::new(faulty.clone())).await?;
+    let stack = Arc::new(RwLock::new(stack));
+    let result = drive(&stack, &faulty, &opts).await;
+    if let Ok(lock) = Arc::try_unwrap(stack) {
+        for (task, r) in lock.into_inner().shutdown().await {
+            if let Err(e) = r {
+                tracing::debug!(task, error = %e, "task ended with an error");
+            }
+        }
+    }
+    let passed = result.as_ref().is_ok_and(|r| r.invariants_ok);
+    if opts.transport != TransportKind::Memory && (passed && !opts.keep) {
+        let topology = config.topology();
+        for q in ReferenceParticipant::ALL
+            .iter()
+            .map(|p| topology.command_queue(p.name()))
+            .chain([topology.reply_queue()])
+        {
+            if let Err(e) = inner.delete(&q).await {
+                tracing::warn!(queue = q, error = %e, "deleting a chaos queue failed");
+            }
+        }
+    }
+    let mut report = result?;
+    report.data_dir = dir.display().to_string();
+    if let Some(temp) = temp.filter(|_| !passed) {
+        // Keep the evidence: the temporary folder outlives a failing run.
+        let _ = temp.keep();
+    }
+    Ok(report)
+}
+
+async fn drive(
+    stack: &Arc<RwLock<EmbeddedStack>>,
+    faulty: &Faulty,
+    opts: &ChaosOptions,
+) -> anyhow::Result<ChaosReport> {
+    let run_id = crate::demo::new_run_id();
+    let stop = CancellationToken::new();
+    let submit_errors = Arc::new(AtomicU64::new(0));
+    opts.note(format!(
+        "{} clients submitting for {:?}; faults on",
+        opts.concurrency, opts.duration
+    ));
+    let mut clients = tokio::task::JoinSet::new();
+    for c in 0..opts.concurrency {
+        let (stack, stop, errors) = (stack.clone(), stop.clone(), submit_errors.clone());
+        let (seed, fail_rate, prefix) = (client_seed(opts, c), opts.fail_rate, format!("chaos-{run_id}-{c}"));
+        clients.spawn(async move { client(stack, stop, errors, seed, fail_rate, prefix).await });
+    }
+    let kills = opts.kill_every.map(|every| {
+        let (stack, stop, seed) = (stack.clone(), stop.clone(), opts.seed);
+        tokio::spawn(async move { killer(stack, stop, every, seed).await })
+    });
+    let restarts = opts
+        .broker_restart_every
+        .map(|every| broker::spawn(stop.clone(), every, opts.broker_outage));
+
+    tokio::time::sleep(opts.duration).await;
+    stop.cancel();
+    // The broker is up, and every killed service back, once these tasks end. The
+    // broker first: whatever else failed, it must not be left stopped.
+    let broker_restarts = match restarts {
+        Some(r) => r.await.context("broker task")?,
+        None => Ok(0),
+    };
+    let kills_by_service = match kills {
+        Some(k) => k.await.context("fault task")??,
+        None => BTreeMap::new(),
+    };
+    let broker_restarts = broker_restarts?;
+    faulty.set_enabled(false);
+    faulty.release_held().await?;
+    let quiet_from = Instant::now();
+    let mut outcomes = Vec::new();
+    while let Some(r) = clients.join_next().await {
+        outcomes.push(r.context("client task")?);
+    }
+    let (acknowledged, samples) = ClientOutcome::merge(outcomes);
+    opts.note(format!(
+        "faults stopped after {} acknowledged submissions; waiting for quiescence",
+        acknowledged.len()
+    ));
+
+    let stack = stack.read().await;
+    let quiesced = wait_quiescent(&stack, faulty, quiet_from + QUIESCENCE_BOUND).await?;
+    let quiescence_s = quiet_from.elapsed().as_secs_f64();
+    opts.note(format!("quiescent after {quiescence_s:.2} s; checking invariants"));
+
+    // Resubmitting acknowledged payments must create nothing new.
+    let mut resubmissions = Vec::new();
+    for (payment, first) in samples.iter().take(RESUBMISSIONS) {
+        let again = stack.coordinator().submit_payment(payment, None).await?;
+        resubmissions.push(Resubmission {
+            first: *first,
+            again: again.saga_id,
+            created: again.created,
+        });
+    }
+    let mut participants = Vec::new();
+    for p in ReferenceParticipant::ALL {
+        let db = stack
+            .participant_db(p)
+            .with_context(|| format!("participant {} is not running", p.name()))?;
+        participants.push((p, db));
+    }
+    let books = Books {
+        coordinator: stack.coordinator().db(),
+        participants,
+    };
+    let mut a = assess(
+        &books,
+        &acknowledged,
+        &resubmissions,
+        quiescence_check(quiesced).into_iter().collect(),
+    )
+    .await?;
+    a.sagas.submit_errors = submit_errors.load(Ordering::Relaxed);
+    let counters = faulty.counters();
+    let faults = FaultReport {
+        process_kills: kills_by_service.values().sum(),
+        kills_by_service,
+        broker_restarts,
+        dropped: counters.dropped,
+        duplicated: counters.duplicated,
+        delayed: counters.delayed,
+        reordered: counters.reordered,
+    };
+    Ok(ChaosReport::new(opts, a, faults, quiescence_s, quiesced))
+}
+
+/// One client: submit (retrying the same payment after an error or a timeout, so a
+/// kill never duplicates it), wait a little for the outcome, next — until stopped.
+async fn client(
+    stack: Arc<RwLock<EmbeddedStack>>,
+    stop: CancellationToken,
+    errors: Arc<AtomicU64>,
+    seed: u64,
+    fail_rate: f64,
+    prefix: String,
+) -> ClientOutcome {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut out = ClientOutcome::default();
+    let mut n = 0u64;
+    'payments: while !stop.is_cancelled() {
+        let payment = crate::demo::random_payment(&mut rng, format!("{prefix}-{n}"), fail_rate);
+        n += 1;
+        let (coordinator, saga_id) = loop {
+            if stop.is_cancelled() {
+                break 'payments;
+            }
+            let coordinator: Coordinator = stack.read().await.coordinator().clone();
+            match tokio::time::timeout(SUBMIT_TIMEOUT, coordinator.submit_payment(&payment, None)).await {
+                Ok(Ok(s)) => break (coordinator, s.saga_id),
+                Ok(Err(_)) | Err(_) => {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    tokio::select! {
+                        _ = stop.cancelled() => break 'payments,
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                }
+            }
+        };
+        out.acknowledged.push(saga_id);
+        if out.sample.is_none() {
+            out.sample = Some((payment, saga_id));
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::timeout(CLIENT_WAIT, coordinator.wait(saga_id, CLIENT_WAIT)) => {}
+        }
+    }
+    out
+}
+
+/// Every `every`, kills a random service and restarts it after a short random pause.
+/// Returns the kills by service; every service is running again when it returns.
+async fn killer(
+    stack: Arc<RwLock<EmbeddedStack>>,
+    stop: CancellationToken,
+    every: Duration,
+    seed: u64,
+) -> anyhow::Result<BTreeMap<String, u64>> {
+    let mut rng = SmallRng::seed_from_u64(seed ^ 0x6b69_6c6c);
+    let mut kills: BTreeMap<String, u64> = BTreeMap::new();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(kills),
+            _ = tokio::time::sleep(every) => {}
+        }
+        let victim = rng.random_range(0..=ReferenceParticipant::ALL.len());
+        let pause = Duration::from_millis(rng.random_range(100..=700));
+        let name = match victim {
+            0 => {
+                stack.write().await.kill_coordinator().await;
+                "coordinator"
+            }
+            i => {
+                let p = ReferenceParticipant::ALL[i - 1];
+                stack.write().await.kill_participant(p).await;
+                p.name()
+            }
+        };
+        *kills.entry(name.to_owned()).or_default() += 1;
+        tracing::debug!(service = name, ?pause, "killed");
+        tokio::time::sleep(pause).await;
+        // A restart during a broker outage fails until the broker is back.
+        let give_up = Instant::now() + RESTART_WITHIN;
+        loop {
+            let r = {
+                let mut s = stack.write().await;
+                match victim {
+                    0 => s.restart_coordinator().await,
+                    i => s.restart_participant(ReferenceParticipant::ALL[i - 1]).await,
+                }
+            };
+            match r {
+                Ok(()) => break,
+                Err(e) if Instant::now() < give_up => {
+                    tracing::warn!(service = name, error = %e, "restart failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e.context(format!("restarting {name}"))),
+            }
+        }
+    }
+}
+
+/// Waits until every saga is terminal and no message is queued, held or in flight.
+async fn wait_quiescent(stack: &EmbeddedStack, faulty: &Faulty, deadline: Instant) -> anyhow::Result<bool> {
+    let db = stack.coordinator().db();
+    loop {
+        let (by_state, _) = kessai_coordinator::store::counts(db).await?;
+        let unfinished: u64 = by_state.iter().filter(|(s, _)| !s.is_terminal()).map(|(_, n)| *n).sum();
+        let outbox = kessai_coordinator::store::outbox_len(db).await?;
+        let queued = stack.queued_messages().await;
+        if unfinished == 0 && outbox == 0 && queued == Some(0) && faulty.in_flight() == 0 {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
