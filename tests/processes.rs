@@ -22,13 +22,14 @@ use kessai_migrations::Service;
 use kessai_participants::ReferenceParticipant;
 use kessai_participants::ledger::{DEMO_ACCOUNTS, FROZEN_SETTLEMENT_ACCOUNT, demo_account_id, demo_card_id};
 use kessai_transport::testing::{amqp_url, broker_lock, host_port, postgres_url, require_service, sqs_endpoint};
-use kessai_transport::{SqsConfig, SqsTransport, Topology};
+use kessai_transport::{AmqpConfig, AmqpTransport, SqsConfig, SqsTransport, Topology, Transport};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::fs::File;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -364,9 +365,6 @@ impl Deployment {
             .collect();
         queues.push(topology.reply_queue());
         queues
-            .iter()
-            .flat_map(|q| [q.clone(), Topology::dead_letter_queue(q)])
-            .collect()
     }
 
     /// Kills what still runs, drops the databases, deletes the queues. Best effort.
@@ -382,31 +380,20 @@ impl Deployment {
                 eprintln!("dropping {}: {e}", self.database(service));
             }
         }
-        match self.broker {
-            Broker::Amqp => {
-                let Ok(connection) =
-                    lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await
-                else {
-                    return;
-                };
-                if let Ok(channel) = connection.create_channel().await {
-                    for q in self.queues() {
-                        let _ = channel
-                            .queue_delete(q.as_str().into(), lapin::options::QueueDeleteOptions::default())
-                            .await;
-                    }
-                }
-                let _ = connection.close(200, "bye".into()).await;
-            }
-            Broker::Sqs => {
-                let Ok(sqs) = SqsTransport::connect(sqs_config()).await else {
-                    return;
-                };
-                for q in self.queues() {
-                    if let Ok(url) = sqs.queue_url(&q).await {
-                        let _ = sqs.client().delete_queue().queue_url(url).send().await;
-                    }
-                }
+        // `delete` takes each queue's dead-letter queue with it.
+        let transport: Arc<dyn Transport> = match self.broker {
+            Broker::Amqp => match AmqpTransport::connect(AmqpConfig::new(amqp_url())).await {
+                Ok(t) => Arc::new(t),
+                Err(_) => return,
+            },
+            Broker::Sqs => match SqsTransport::connect(sqs_config()).await {
+                Ok(t) => Arc::new(t),
+                Err(_) => return,
+            },
+        };
+        for q in self.queues() {
+            if let Err(e) = transport.delete(&q).await {
+                eprintln!("deleting {q}: {e}");
             }
         }
     }
