@@ -6,8 +6,8 @@
 //! restarts it on the same database files after a short pause.
 
 use super::{
-    Books, CLIENT_WAIT, ChaosOptions, ChaosReport, ClientOutcome, FaultReport, QUIESCENCE_BOUND, RESUBMISSIONS,
-    SUBMIT_TIMEOUT, assess, broker, client_seed, quiescence_check,
+    Books, CLIENT_WAIT, ChaosOptions, ChaosReport, ClientOutcome, FaultReport, RESUBMISSIONS, Resends, SUBMIT_TIMEOUT,
+    assess, broker, client_seed, quiescence_bound, quiescence_check,
 };
 use crate::demo::TransportKind;
 use crate::invariants::Resubmission;
@@ -54,15 +54,18 @@ pub(super) async fn run(opts: ChaosOptions) -> anyhow::Result<ChaosReport> {
         _ => config.transport().await?,
     };
     let mut coordinator = config.coordinator_config();
-    // Brisk resends, so a lost message or a killed service costs seconds, not minutes.
+    let resends = Resends::for_transport(opts.transport, true);
     coordinator.policy.try_resend = Backoff {
-        initial_ms: 300,
-        max_ms: 1_000,
+        initial_ms: resends.try_initial_ms,
+        max_ms: resends.try_max_ms,
     };
     coordinator.policy.finish_resend = Backoff {
-        initial_ms: 300,
-        max_ms: 2_000,
+        initial_ms: resends.finish_initial_ms,
+        max_ms: resends.finish_max_ms,
     };
+    if let Some(t) = resends.try_timeout {
+        coordinator.try_timeout = t;
+    }
     coordinator.relay_poll = Duration::from_millis(100);
     let faulty: Faulty = FaultyTransport::new(inner.clone(), opts.fault_config())?;
     let stack_config = StackConfig {
@@ -157,7 +160,7 @@ async fn drive(
     ));
 
     let stack = stack.read().await;
-    let quiesced = wait_quiescent(&stack, faulty, quiet_from + QUIESCENCE_BOUND).await?;
+    let quiesced = wait_quiescent(&stack, faulty, quiet_from + quiescence_bound(opts.transport)).await?;
     let quiescence_s = quiet_from.elapsed().as_secs_f64();
     opts.note(format!("quiescent after {quiescence_s:.2} s; checking invariants"));
 
@@ -186,7 +189,7 @@ async fn drive(
         &books,
         &acknowledged,
         &resubmissions,
-        quiescence_check(quiesced).into_iter().collect(),
+        quiescence_check(opts, quiesced).into_iter().collect(),
     )
     .await?;
     a.sagas.submit_errors = submit_errors.load(Ordering::Relaxed);

@@ -47,6 +47,58 @@ use std::time::Duration;
 
 /// Longest wait for quiescence once the faults stopped.
 pub const QUIESCENCE_BOUND: Duration = Duration::from_secs(120);
+/// The same over SQS, whose resends are spaced ten times wider (see [`Resends`]).
+pub const SQS_QUIESCENCE_BOUND: Duration = Duration::from_secs(300);
+
+/// How eagerly the coordinators resend under chaos: a lost message or a killed
+/// service should cost about a second, not minutes. Over SQS much less eagerly: it
+/// answers in tens of milliseconds a call (the local emulator in hundreds, slower as
+/// queues grow), and resending as often as on RabbitMQ floods the queues with
+/// duplicates faster than they drain — sagas then never finish.
+struct Resends {
+    try_initial_ms: i64,
+    try_max_ms: i64,
+    finish_initial_ms: i64,
+    finish_max_ms: i64,
+    /// `None`: the configured try deadline.
+    try_timeout: Option<Duration>,
+}
+
+impl Resends {
+    fn for_transport(transport: TransportKind, in_process: bool) -> Self {
+        match (transport, in_process) {
+            (TransportKind::Sqs, _) => Resends {
+                try_initial_ms: 10_000,
+                try_max_ms: 20_000,
+                finish_initial_ms: 10_000,
+                finish_max_ms: 30_000,
+                try_timeout: Some(Duration::from_secs(30)),
+            },
+            (_, true) => Resends {
+                try_initial_ms: 300,
+                try_max_ms: 1_000,
+                finish_initial_ms: 300,
+                finish_max_ms: 2_000,
+                try_timeout: None,
+            },
+            (_, false) => Resends {
+                try_initial_ms: 1_000,
+                try_max_ms: 4_000,
+                finish_initial_ms: 1_000,
+                finish_max_ms: 5_000,
+                try_timeout: None,
+            },
+        }
+    }
+}
+
+fn quiescence_bound(transport: TransportKind) -> Duration {
+    if transport == TransportKind::Sqs {
+        SQS_QUIESCENCE_BOUND
+    } else {
+        QUIESCENCE_BOUND
+    }
+}
 /// How long a client waits for one saga's outcome before it submits the next.
 const CLIENT_WAIT: Duration = Duration::from_secs(3);
 /// How long one submission may take (a killed coordinator may never answer).
@@ -524,11 +576,14 @@ impl ChaosReport {
     }
 }
 
-fn quiescence_check(quiesced: bool) -> Option<Check> {
+fn quiescence_check(opts: &ChaosOptions, quiesced: bool) -> Option<Check> {
     (!quiesced).then(|| Check {
         name: "quiescence",
         ok: false,
-        detail: format!("not quiescent within {QUIESCENCE_BOUND:?} of the faults stopping"),
+        detail: format!(
+            "not quiescent within {:?} of the faults stopping",
+            quiescence_bound(opts.transport)
+        ),
         offending: vec![],
     })
 }

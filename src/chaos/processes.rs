@@ -20,8 +20,8 @@
 //!   logs, and says where.
 
 use super::{
-    Books, CLIENT_WAIT, ChaosOptions, ChaosReport, ClientOutcome, FaultReport, QUIESCENCE_BOUND, RESUBMISSIONS,
-    SUBMIT_TIMEOUT, assess, broker, client_seed, quiescence_check,
+    Books, CLIENT_WAIT, ChaosOptions, ChaosReport, ClientOutcome, FaultReport, RESUBMISSIONS, Resends, SUBMIT_TIMEOUT,
+    assess, broker, client_seed, quiescence_bound, quiescence_check,
 };
 use crate::config::Config;
 use crate::demo::StoreKind;
@@ -266,11 +266,14 @@ fn child_config(opts: &ChaosOptions, run_id: &str) -> Config {
     config.participant.workers = config.participant.workers.max(8);
     config.participant.batch_size = 1;
     config.coordinator.reply_workers = config.coordinator.reply_workers.max(4);
-    // A lost message or a killed service should cost about a second, not minutes.
-    config.coordinator.try_resend_initial_ms = 1_000;
-    config.coordinator.try_resend_max_ms = 4_000;
-    config.coordinator.finish_resend_initial_ms = 1_000;
-    config.coordinator.finish_resend_max_ms = 5_000;
+    let resends = Resends::for_transport(opts.transport, false);
+    config.coordinator.try_resend_initial_ms = resends.try_initial_ms;
+    config.coordinator.try_resend_max_ms = resends.try_max_ms;
+    config.coordinator.finish_resend_initial_ms = resends.finish_initial_ms;
+    config.coordinator.finish_resend_max_ms = resends.finish_max_ms;
+    if let Some(t) = resends.try_timeout {
+        config.coordinator.try_timeout_ms = t.as_millis() as u64;
+    }
     let f = opts.fault_config();
     config.faults.drop = f.drop;
     config.faults.duplicate = f.duplicate;
@@ -325,7 +328,7 @@ async fn drive(
         }
     }
     for i in 0..n {
-        wait_ready(fleet, &http, i).await?;
+        wait_ready(fleet, &http, i, Ready::Healthy).await?;
     }
     let coordinator_db = kessai_migrations::open(
         &kessai_migrations::postgres_database_url(server, &database("coordinator")),
@@ -407,7 +410,7 @@ async fn drive(
         &coordinator_db,
         transport,
         queues,
-        quiet_from + QUIESCENCE_BOUND,
+        quiet_from + quiescence_bound(opts.transport),
     )
     .await?;
     let quiescence_s = quiet_from.elapsed().as_secs_f64();
@@ -463,7 +466,7 @@ async fn drive(
         coordinator: &coordinator_db,
         participants: participant_dbs.iter().map(|(p, db)| (*p, db)).collect(),
     };
-    let mut extra: Vec<Check> = quiescence_check(quiesced).into_iter().collect();
+    let mut extra: Vec<Check> = quiescence_check(opts, quiesced).into_iter().collect();
     extra.push(unexpected);
     extra.push(stops);
     let mut a = assess(&books, &acknowledged, &resubmissions, extra).await?;
@@ -482,8 +485,21 @@ fn add(total: &mut FaultCounters, c: FaultCounters) {
     total.reordered += c.reordered;
 }
 
-/// Waits for slot `i`'s `/healthz` to answer 200; fails with its log if it exits.
-async fn wait_ready(fleet: &Mutex<Fleet>, http: &reqwest::Client, i: usize) -> anyhow::Result<()> {
+/// How much of `/healthz` counts as started.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ready {
+    /// 200: database and broker answer (the first start, on quiet queues).
+    Healthy,
+    /// Any answer: the service serves HTTP only once it has opened its database and
+    /// connected to its broker, so it runs. Used for restarts under load, where a
+    /// slow broker (the SQS emulator takes seconds to count a long queue) can fail
+    /// the health check's 2 s deadline of a service that works.
+    Listening,
+}
+
+/// Waits for slot `i`'s `/healthz` to answer as `ready` asks; fails with its log if
+/// the process exits.
+async fn wait_ready(fleet: &Mutex<Fleet>, http: &reqwest::Client, i: usize, ready: Ready) -> anyhow::Result<()> {
     let deadline = Instant::now() + READY_WITHIN;
     loop {
         let (port, name, log) = {
@@ -502,7 +518,7 @@ async fn wait_ready(fleet: &Mutex<Fleet>, http: &reqwest::Client, i: usize) -> a
             .timeout(Duration::from_secs(3))
             .send()
             .await
-            .is_ok_and(|r| r.status().is_success());
+            .is_ok_and(|r| ready == Ready::Listening || r.status().is_success());
         if healthy {
             return Ok(());
         }
@@ -692,7 +708,7 @@ async fn killer(
         tracing::info!(service = name, ?pause, "killed (SIGKILL)");
         tokio::time::sleep(pause).await;
         fleet.lock().await.start(victim)?;
-        wait_ready(&fleet, &http, victim)
+        wait_ready(&fleet, &http, victim, Ready::Listening)
             .await
             .with_context(|| format!("restarting {name}"))?;
     }
