@@ -10,7 +10,7 @@ use anyhow::Context;
 use kessai_coordinator::{Clock, Coordinator, CoordinatorConfig, CoordinatorTasks};
 use kessai_migrations::Service;
 use kessai_participants::{Audit, ReferenceParticipant, RuntimeConfig};
-use kessai_transport::Transport;
+use kessai_transport::{Topology, Transport};
 use sea_orm::DatabaseConnection;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -155,14 +155,8 @@ impl EmbeddedStack {
 
     /// Commands and replies queued or in hand, if the transport can tell.
     pub async fn queued_messages(&self) -> Option<u64> {
-        let topology = &self.config.coordinator.topology;
-        let mut queues: Vec<String> = ReferenceParticipant::ALL
-            .iter()
-            .map(|p| topology.command_queue(p.name()))
-            .collect();
-        queues.push(topology.reply_queue());
         let mut total = 0;
-        for q in queues {
+        for q in service_queues(&self.config.coordinator.topology) {
             total += self.transport.pending(&q).await.ok()??;
         }
         Some(total)
@@ -239,4 +233,14 @@ async fn start_coordinator(
         .await
         .context("opening the coordinator database")?;
     Ok(Coordinator::start(db, transport.clone(), config.coordinator.clone(), config.clock.clone()).await?)
+}
+
+/// The reference deployment's queues: each participant's commands and the
+/// coordinator's replies (each with its dead-letter queue, not listed).
+pub fn service_queues(topology: &Topology) -> Vec<String> {
+    ReferenceParticipant::ALL
+        .iter()
+        .map(|p| topology.command_queue(p.name()))
+        .chain([topology.reply_queue()])
+        .collect()
 }

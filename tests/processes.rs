@@ -358,13 +358,7 @@ impl Deployment {
     }
 
     fn queues(&self) -> Vec<String> {
-        let topology = Topology::new(self.queue_prefix.clone());
-        let mut queues: Vec<String> = ReferenceParticipant::ALL
-            .iter()
-            .map(|p| topology.command_queue(p.name()))
-            .collect();
-        queues.push(topology.reply_queue());
-        queues
+        kessai::stack::service_queues(&Topology::new(self.queue_prefix.clone()))
     }
 
     /// Kills what still runs, drops the databases, deletes the queues. Best effort.

@@ -6,14 +6,13 @@
 //! restarts it on the same database files after a short pause.
 
 use super::{
-    Books, CLIENT_WAIT, ChaosOptions, ChaosReport, ClientOutcome, FaultReport, RESUBMISSIONS, Resends, SUBMIT_TIMEOUT,
-    assess, broker, client_seed, quiescence_bound, quiescence_check,
+    Books, CLIENT_WAIT, ChaosOptions, ChaosReport, ClientOutcome, FaultReport, RESUBMISSIONS, SUBMIT_TIMEOUT,
+    Workspace, assess, broker, client_seed, quiescence_bound, quiescence_check, set_resends,
 };
 use crate::demo::TransportKind;
 use crate::invariants::Resubmission;
-use crate::stack::{DatabaseUrls, EmbeddedStack, StackConfig};
+use crate::stack::{DatabaseUrls, EmbeddedStack, StackConfig, service_queues};
 use anyhow::Context;
-use kessai_coordinator::machine::Backoff;
 use kessai_coordinator::{Coordinator, SystemClock};
 use kessai_participants::ReferenceParticipant;
 use kessai_transport::{FaultyTransport, MemoryTransport, Transport};
@@ -32,44 +31,20 @@ type Faulty = FaultyTransport<dyn Transport>;
 const RESTART_WITHIN: Duration = Duration::from_secs(60);
 
 pub(super) async fn run(opts: ChaosOptions) -> anyhow::Result<ChaosReport> {
-    if opts.broker_restart_every.is_some() {
-        broker::preflight().await?;
-    }
-    let run_id = crate::demo::new_run_id();
-    let temp = match &opts.data_dir {
-        Some(_) => None,
-        None => Some(tempfile::Builder::new().prefix("kessai-chaos-").tempdir()?),
-    };
-    let dir = match (&opts.data_dir, &temp) {
-        (Some(d), _) => d.clone(),
-        (None, t) => t.as_ref().expect("made above").path().to_path_buf(),
-    };
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-
+    let workspace = Workspace::prepare(&opts).await?;
     let mut config = opts.config.clone();
-    config.queue_prefix = format!("kessai-chaos-{run_id}");
+    config.queue_prefix = format!("kessai-chaos-{}", workspace.run_id);
     config.transport.kind = opts.transport;
+    set_resends(&mut config.coordinator, opts.transport, true);
     let inner: Arc<dyn Transport> = match opts.transport {
         TransportKind::Memory => Arc::new(MemoryTransport::new()),
         _ => config.transport().await?,
     };
     let mut coordinator = config.coordinator_config();
-    let resends = Resends::for_transport(opts.transport, true);
-    coordinator.policy.try_resend = Backoff {
-        initial_ms: resends.try_initial_ms,
-        max_ms: resends.try_max_ms,
-    };
-    coordinator.policy.finish_resend = Backoff {
-        initial_ms: resends.finish_initial_ms,
-        max_ms: resends.finish_max_ms,
-    };
-    if let Some(t) = resends.try_timeout {
-        coordinator.try_timeout = t;
-    }
     coordinator.relay_poll = Duration::from_millis(100);
     let faulty: Faulty = FaultyTransport::new(inner.clone(), opts.fault_config())?;
     let stack_config = StackConfig {
-        urls: DatabaseUrls::sqlite(&dir),
+        urls: DatabaseUrls::sqlite(&workspace.dir),
         coordinator,
         participant: config.participant_config(),
         clock: Arc::new(SystemClock),
@@ -77,7 +52,7 @@ pub(super) async fn run(opts: ChaosOptions) -> anyhow::Result<ChaosReport> {
     };
     let stack = EmbeddedStack::start(stack_config, Arc::new(faulty.clone())).await?;
     let stack = Arc::new(RwLock::new(stack));
-    let result = drive(&stack, &faulty, &opts).await;
+    let result = drive(&stack, &faulty, &opts, &workspace.run_id).await;
     if let Ok(lock) = Arc::try_unwrap(stack) {
         for (task, r) in lock.into_inner().shutdown().await {
             if let Err(e) = r {
@@ -86,24 +61,16 @@ pub(super) async fn run(opts: ChaosOptions) -> anyhow::Result<ChaosReport> {
         }
     }
     let passed = result.as_ref().is_ok_and(|r| r.invariants_ok);
-    if opts.transport != TransportKind::Memory && (passed && !opts.keep) {
-        let topology = config.topology();
-        for q in ReferenceParticipant::ALL
-            .iter()
-            .map(|p| topology.command_queue(p.name()))
-            .chain([topology.reply_queue()])
-        {
+    if opts.transport != TransportKind::Memory && passed && !opts.keep {
+        for q in service_queues(&config.topology()) {
             if let Err(e) = inner.delete(&q).await {
                 tracing::warn!(queue = q, error = %e, "deleting a chaos queue failed");
             }
         }
     }
     let mut report = result?;
-    report.data_dir = dir.display().to_string();
-    if let Some(temp) = temp.filter(|_| !passed) {
-        // Keep the evidence: the temporary folder outlives a failing run.
-        let _ = temp.keep();
-    }
+    report.data_dir = workspace.dir.display().to_string();
+    workspace.finish(passed);
     Ok(report)
 }
 
@@ -111,8 +78,8 @@ async fn drive(
     stack: &Arc<RwLock<EmbeddedStack>>,
     faulty: &Faulty,
     opts: &ChaosOptions,
+    run_id: &str,
 ) -> anyhow::Result<ChaosReport> {
-    let run_id = crate::demo::new_run_id();
     let stop = CancellationToken::new();
     let submit_errors = Arc::new(AtomicU64::new(0));
     opts.note(format!(

@@ -26,7 +26,7 @@ mod broker;
 mod in_process;
 mod processes;
 
-use crate::config::Config;
+use crate::config::{Config, CoordinatorSettings};
 use crate::demo::TransportKind;
 use crate::invariants::{self, Check, InvariantReport, Resubmission, SagaOutcome};
 use crate::units::parse_duration;
@@ -47,7 +47,7 @@ use std::time::Duration;
 
 /// Longest wait for quiescence once the faults stopped.
 pub const QUIESCENCE_BOUND: Duration = Duration::from_secs(120);
-/// The same over SQS, whose resends are spaced ten times wider (see [`Resends`]).
+/// The same over SQS, whose resends are spaced ten times wider (see [`set_resends`]).
 pub const SQS_QUIESCENCE_BOUND: Duration = Duration::from_secs(300);
 
 /// How eagerly the coordinators resend under chaos: a lost message or a killed
@@ -55,39 +55,55 @@ pub const SQS_QUIESCENCE_BOUND: Duration = Duration::from_secs(300);
 /// answers in tens of milliseconds a call (the local emulator in hundreds, slower as
 /// queues grow), and resending as often as on RabbitMQ floods the queues with
 /// duplicates faster than they drain — sagas then never finish.
-struct Resends {
-    try_initial_ms: i64,
-    try_max_ms: i64,
-    finish_initial_ms: i64,
-    finish_max_ms: i64,
-    /// `None`: the configured try deadline.
-    try_timeout: Option<Duration>,
+fn set_resends(c: &mut CoordinatorSettings, transport: TransportKind, in_process: bool) {
+    let (try_initial, try_max, finish_initial, finish_max) = match (transport, in_process) {
+        (TransportKind::Sqs, _) => {
+            c.try_timeout_ms = 30_000;
+            (10_000, 20_000, 10_000, 30_000)
+        }
+        (_, true) => (300, 1_000, 300, 2_000),
+        (_, false) => (1_000, 4_000, 1_000, 5_000),
+    };
+    c.try_resend_initial_ms = try_initial;
+    c.try_resend_max_ms = try_max;
+    c.finish_resend_initial_ms = finish_initial;
+    c.finish_resend_max_ms = finish_max;
 }
 
-impl Resends {
-    fn for_transport(transport: TransportKind, in_process: bool) -> Self {
-        match (transport, in_process) {
-            (TransportKind::Sqs, _) => Resends {
-                try_initial_ms: 10_000,
-                try_max_ms: 20_000,
-                finish_initial_ms: 10_000,
-                finish_max_ms: 30_000,
-                try_timeout: Some(Duration::from_secs(30)),
-            },
-            (_, true) => Resends {
-                try_initial_ms: 300,
-                try_max_ms: 1_000,
-                finish_initial_ms: 300,
-                finish_max_ms: 2_000,
-                try_timeout: None,
-            },
-            (_, false) => Resends {
-                try_initial_ms: 1_000,
-                try_max_ms: 4_000,
-                finish_initial_ms: 1_000,
-                finish_max_ms: 5_000,
-                try_timeout: None,
-            },
+/// What both deployments set up first: the broker check, a fresh run id (queue and
+/// database names, payment ids) and the folder for files and logs.
+struct Workspace {
+    run_id: String,
+    dir: PathBuf,
+    /// Set when no `--data-dir` was given.
+    temp: Option<tempfile::TempDir>,
+}
+
+impl Workspace {
+    async fn prepare(opts: &ChaosOptions) -> anyhow::Result<Self> {
+        if opts.broker_restart_every.is_some() {
+            broker::preflight().await?;
+        }
+        let temp = match &opts.data_dir {
+            Some(_) => None,
+            None => Some(tempfile::Builder::new().prefix("kessai-chaos-").tempdir()?),
+        };
+        let dir = match (&opts.data_dir, &temp) {
+            (Some(d), _) => d.clone(),
+            (None, t) => t.as_ref().expect("made above").path().to_path_buf(),
+        };
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Workspace {
+            run_id: crate::demo::new_run_id(),
+            dir,
+            temp,
+        })
+    }
+
+    /// Removes a temporary folder after a passing run; keeps it as evidence otherwise.
+    fn finish(self, passed: bool) {
+        if let Some(temp) = self.temp.filter(|_| !passed) {
+            let _ = temp.keep();
         }
     }
 }

@@ -20,13 +20,14 @@
 //!   logs, and says where.
 
 use super::{
-    Books, CLIENT_WAIT, ChaosOptions, ChaosReport, ClientOutcome, FaultReport, RESUBMISSIONS, Resends, SUBMIT_TIMEOUT,
-    assess, broker, client_seed, quiescence_bound, quiescence_check,
+    Books, CLIENT_WAIT, ChaosOptions, ChaosReport, ClientOutcome, FaultReport, RESUBMISSIONS, SUBMIT_TIMEOUT,
+    Workspace, assess, broker, client_seed, quiescence_bound, quiescence_check, set_resends,
 };
 use crate::config::Config;
 use crate::demo::StoreKind;
 use crate::fault_control::FaultStatus;
 use crate::invariants::{Check, Resubmission};
+use crate::stack::service_queues;
 use anyhow::{Context, bail};
 use kessai_messages::{Payment, SagaId};
 use kessai_migrations::Service;
@@ -162,21 +163,9 @@ impl Fleet {
 }
 
 pub(super) async fn run(opts: ChaosOptions) -> anyhow::Result<ChaosReport> {
-    if opts.broker_restart_every.is_some() {
-        broker::preflight().await?;
-    }
-    let run_id = crate::demo::new_run_id();
-    let temp = match &opts.data_dir {
-        Some(_) => None,
-        None => Some(tempfile::Builder::new().prefix("kessai-chaos-").tempdir()?),
-    };
-    let dir = match (&opts.data_dir, &temp) {
-        (Some(d), _) => d.clone(),
-        (None, t) => t.as_ref().expect("made above").path().to_path_buf(),
-    };
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-
-    let config = child_config(&opts, &run_id);
+    let workspace = Workspace::prepare(&opts).await?;
+    let dir = workspace.dir.clone();
+    let config = child_config(&opts, &workspace.run_id);
     let config_file = dir.join("kessai.toml");
     write_private(
         &config_file,
@@ -219,13 +208,17 @@ pub(super) async fn run(opts: ChaosOptions) -> anyhow::Result<ChaosReport> {
         dir.display()
     ));
 
-    let topology = config.topology();
-    let queues: Vec<String> = ReferenceParticipant::ALL
-        .iter()
-        .map(|p| topology.command_queue(p.name()))
-        .chain([topology.reply_queue()])
-        .collect();
-    let result = drive(&fleet, &opts, &transport, &queues, &server, &database).await;
+    let queues = service_queues(&config.topology());
+    let result = drive(
+        &fleet,
+        &opts,
+        &workspace.run_id,
+        &transport,
+        &queues,
+        &server,
+        &database,
+    )
+    .await;
 
     // Whatever happened, no child outlives the run.
     {
@@ -244,12 +237,10 @@ pub(super) async fn run(opts: ChaosOptions) -> anyhow::Result<ChaosReport> {
             config.queue_prefix,
             dir.display()
         );
-        if let Some(temp) = temp {
-            let _ = temp.keep();
-        }
     }
     let mut report = result?;
     report.data_dir = dir.display().to_string();
+    workspace.finish(passed);
     Ok(report)
 }
 
@@ -266,14 +257,7 @@ fn child_config(opts: &ChaosOptions, run_id: &str) -> Config {
     config.participant.workers = config.participant.workers.max(8);
     config.participant.batch_size = 1;
     config.coordinator.reply_workers = config.coordinator.reply_workers.max(4);
-    let resends = Resends::for_transport(opts.transport, false);
-    config.coordinator.try_resend_initial_ms = resends.try_initial_ms;
-    config.coordinator.try_resend_max_ms = resends.try_max_ms;
-    config.coordinator.finish_resend_initial_ms = resends.finish_initial_ms;
-    config.coordinator.finish_resend_max_ms = resends.finish_max_ms;
-    if let Some(t) = resends.try_timeout {
-        config.coordinator.try_timeout_ms = t.as_millis() as u64;
-    }
+    set_resends(&mut config.coordinator, opts.transport, false);
     let f = opts.fault_config();
     config.faults.drop = f.drop;
     config.faults.duplicate = f.duplicate;
@@ -312,6 +296,7 @@ fn tail(log: &Path) -> String {
 async fn drive(
     fleet: &Arc<Mutex<Fleet>>,
     opts: &ChaosOptions,
+    run_id: &str,
     transport: &Arc<dyn Transport>,
     queues: &[String],
     server: &str,
@@ -346,7 +331,6 @@ async fn drive(
             .collect()
     });
 
-    let run_id = crate::demo::new_run_id();
     let stop = CancellationToken::new();
     let submit_errors = Arc::new(AtomicU64::new(0));
     opts.note(format!(
@@ -431,9 +415,9 @@ async fn drive(
         let mut f = fleet.lock().await;
         let mut total = FaultCounters::default();
         for slot in &mut f.slots {
-            add(&mut total, slot.past);
+            total += slot.past;
             if let Some(s) = fault_status(&http, slot.port).await {
-                add(&mut total, s.counters);
+                total += s.counters;
             }
         }
         FaultReport {
@@ -476,13 +460,6 @@ async fn drive(
     }
     let _ = coordinator_db.close().await;
     Ok(ChaosReport::new(opts, a, faults, quiescence_s, quiesced))
-}
-
-fn add(total: &mut FaultCounters, c: FaultCounters) {
-    total.dropped += c.dropped;
-    total.duplicated += c.duplicated;
-    total.delayed += c.delayed;
-    total.reordered += c.reordered;
 }
 
 /// How much of `/healthz` counts as started.
@@ -700,7 +677,7 @@ async fn killer(
             f.kill(victim).await;
             let slot = &mut f.slots[victim];
             if let Some(c) = counters {
-                add(&mut slot.past, c);
+                slot.past += c;
             }
             slot.name.clone()
         };

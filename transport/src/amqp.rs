@@ -244,6 +244,16 @@ impl Shared {
         }
     }
 
+    /// A new channel on the live connection. Declares, counts and deletes each take
+    /// one of their own: a refused call (e.g. 406) closes the channel it ran on.
+    async fn open_channel(&self) -> Result<Channel, Error> {
+        self.connection()
+            .await?
+            .create_channel()
+            .await
+            .map_err(|e| map_lapin(e, "channel.open"))
+    }
+
     /// The live connection, reconnecting if it died and the backoff allows.
     async fn connection(&self) -> Result<Arc<Connection>, Error> {
         self.check_open()?;
@@ -493,12 +503,7 @@ impl Transport for AmqpTransport {
     async fn declare(&self, queue: &str) -> Result<(), Error> {
         let dlq = dead_letter_queue(queue);
         let names = [short(&dlq)?, short(queue)?];
-        let connection = self.shared.connection().await?;
-        // A channel of its own: a refused declare (406) closes the channel it ran on.
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|e| map_lapin(e, "channel.open"))?;
+        let channel = self.shared.open_channel().await?;
         for name in names {
             channel
                 .queue_declare(name, QueueDeclareOptions::durable(), FieldTable::default())
@@ -519,11 +524,7 @@ impl Transport for AmqpTransport {
     /// of `queue` runs in this process (the embedded stack).
     async fn pending(&self, queue: &str) -> Result<Option<u64>, Error> {
         let name = short(queue)?;
-        let connection = self.shared.connection().await?;
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|e| map_lapin(e, "channel.open"))?;
+        let channel = self.shared.open_channel().await?;
         let declared = channel
             .queue_declare(
                 name,
@@ -547,11 +548,7 @@ impl Transport for AmqpTransport {
     async fn delete(&self, queue: &str) -> Result<(), Error> {
         let dlq = dead_letter_queue(queue);
         let names = [short(queue)?, short(&dlq)?];
-        let connection = self.shared.connection().await?;
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|e| map_lapin(e, "channel.open"))?;
+        let channel = self.shared.open_channel().await?;
         for name in names {
             // Deleting a queue that does not exist is a no-op in RabbitMQ 3.x+.
             channel
@@ -678,11 +675,7 @@ async fn pump(mut stream: lapin::Consumer, deliveries: mpsc::UnboundedSender<Rec
 
 impl AmqpConsumer {
     async fn open(&self) -> Result<Live, Error> {
-        let connection = self.shared.connection().await?;
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|e| map_lapin(e, "channel.open"))?;
+        let channel = self.shared.open_channel().await?;
         channel
             .basic_qos(self.prefetch, BasicQosOptions::default())
             .await

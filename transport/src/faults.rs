@@ -119,6 +119,16 @@ pub struct FaultCounters {
     pub reordered: u64,
 }
 
+/// Sums counters, e.g. over the incarnations of a restarted service.
+impl std::ops::AddAssign for FaultCounters {
+    fn add_assign(&mut self, other: FaultCounters) {
+        self.dropped += other.dropped;
+        self.duplicated += other.duplicated;
+        self.delayed += other.delayed;
+        self.reordered += other.reordered;
+    }
+}
+
 #[derive(Default)]
 struct Counters {
     dropped: AtomicU64,
