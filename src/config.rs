@@ -7,7 +7,7 @@ use crate::demo::{StoreKind, TransportKind};
 use anyhow::Context;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
-use kessai_coordinator::{CoordinatorConfig, Policy};
+use kessai_coordinator::{AdmissionLimit, CoordinatorConfig, Policy};
 use kessai_participants::RuntimeConfig;
 use kessai_transport::{AmqpConfig, SqsConfig, Topology, Transport};
 use secrecy::{ExposeSecret, SecretString};
@@ -116,6 +116,10 @@ pub struct CoordinatorSettings {
     pub batch_size: usize,
     pub reply_workers: usize,
     pub tick_interval_ms: u64,
+    /// Admission control: most unfinished sagas before `POST` answers 429. 0 (the
+    /// default) sizes the bound from the measured completion rate: as many as finish
+    /// in a quarter of the try timeout.
+    pub max_unfinished: u64,
 }
 
 impl Default for CoordinatorSettings {
@@ -131,6 +135,7 @@ impl Default for CoordinatorSettings {
             batch_size: c.batch_size,
             reply_workers: c.reply_workers,
             tick_interval_ms: c.tick_interval.as_millis() as u64,
+            max_unfinished: 0,
         }
     }
 }
@@ -302,6 +307,13 @@ impl Config {
             batch_size: c.batch_size,
             tick_interval: Duration::from_millis(c.tick_interval_ms.max(1)),
             reply_workers: c.reply_workers.max(1),
+            admission: match c.max_unfinished {
+                0 => AdmissionLimit::adaptive_for(
+                    Duration::from_millis(c.try_timeout_ms),
+                    Duration::from_millis(c.try_resend_initial_ms.max(1) as u64),
+                ),
+                n => AdmissionLimit::Fixed(n),
+            },
             ..CoordinatorConfig::default()
         }
     }

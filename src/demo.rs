@@ -4,7 +4,7 @@ use crate::config::Config;
 use crate::invariants::{self, InvariantReport, Resubmission, SagaOutcome};
 use crate::stack::{DatabaseUrls, EmbeddedStack, StackConfig};
 use anyhow::{Context, bail};
-use kessai_coordinator::{Coordinator, CoordinatorConfig, SagaState, SystemClock};
+use kessai_coordinator::{AdmissionLimit, Coordinator, CoordinatorConfig, SagaState, SystemClock};
 use kessai_messages::payment::DEFAULT_SETTLEMENT_ACCOUNT;
 use kessai_messages::{Currency, Payment, SagaId};
 use kessai_participants::ReferenceParticipant;
@@ -107,99 +107,163 @@ pub fn new_run_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
 }
 
-pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
-    let run_id = new_run_id();
-    let mut config = opts.config.clone();
-    config.transport.kind = opts.transport;
-    config.store.kind = opts.store;
-    // A fresh queue namespace per run: a message left over from an earlier run can
-    // never reach this run's participants.
-    config.queue_prefix = format!("{}-demo-{run_id}", config.queue_prefix);
-    let temp;
-    let urls = match opts.store {
-        StoreKind::Sqlite => {
-            let dir = match &opts.data_dir {
-                Some(d) => d.clone(),
-                None => {
-                    temp = tempfile::Builder::new().prefix("kessai-demo-").tempdir()?;
-                    temp.path().to_path_buf()
+/// An embedded stack set up for one demo or bench run, with what it takes to clean
+/// up after it: its temporary folder and its queue names.
+pub struct RunStack {
+    pub stack: EmbeddedStack,
+    pub run_id: String,
+    /// Where the data is, for the report.
+    pub where_: String,
+    /// Held so the temporary folder lives as long as the run.
+    _temp: Option<tempfile::TempDir>,
+}
+
+/// What a run's stack is made of.
+pub struct RunSetup<'a> {
+    pub transport: TransportKind,
+    pub store: StoreKind,
+    pub data_dir: Option<&'a std::path::Path>,
+    pub config: &'a Config,
+    /// Count database statements per service (see [`crate::stack::StatementCounts`]).
+    pub count_statements: bool,
+}
+
+impl RunStack {
+    /// Fresh databases (a temporary SQLite folder, or `kessai_demo_*` PostgreSQL
+    /// databases dropped and recreated) and a fresh queue namespace, then the stack.
+    pub async fn start(setup: RunSetup<'_>) -> anyhow::Result<Self> {
+        let run_id = new_run_id();
+        let mut config = setup.config.clone();
+        config.transport.kind = setup.transport;
+        config.store.kind = setup.store;
+        // A fresh queue namespace per run: a message left over from an earlier run can
+        // never reach this run's participants.
+        config.queue_prefix = format!("{}-demo-{run_id}", config.queue_prefix);
+        let mut temp = None;
+        let urls = match setup.store {
+            StoreKind::Sqlite => {
+                let dir = match setup.data_dir {
+                    Some(d) => d.to_path_buf(),
+                    None => temp
+                        .insert(tempfile::Builder::new().prefix("kessai-demo-").tempdir()?)
+                        .path()
+                        .to_path_buf(),
+                };
+                std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+                DatabaseUrls::sqlite(&dir)
+            }
+            StoreKind::Postgres => {
+                // The demo starts from empty books: its databases are dropped and recreated.
+                config.store.database_prefix = format!("{}_demo", config.store.database_prefix);
+                let server = config.store.postgres_url.expose_secret().to_owned();
+                let mut names = vec!["coordinator"];
+                names.extend(ReferenceParticipant::ALL.iter().map(|p| p.name()));
+                for n in &names {
+                    let db = format!("{}_{}", config.store.database_prefix, n.replace('-', "_"));
+                    kessai_migrations::drop_postgres_database(&server, &db)
+                        .await
+                        .with_context(|| format!("resetting database {db} on the configured PostgreSQL server"))?;
                 }
-            };
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            DatabaseUrls::sqlite(&dir)
-        }
-        StoreKind::Postgres => {
-            // The demo starts from empty books: its databases are dropped and recreated.
-            config.store.database_prefix = format!("{}_demo", config.store.database_prefix);
-            let server = config.store.postgres_url.expose_secret().to_owned();
-            let mut names = vec!["coordinator"];
-            names.extend(ReferenceParticipant::ALL.iter().map(|p| p.name()));
-            for n in &names {
-                let db = format!("{}_{}", config.store.database_prefix, n.replace('-', "_"));
-                kessai_migrations::drop_postgres_database(&server, &db)
-                    .await
-                    .with_context(|| format!("resetting database {db} on the configured PostgreSQL server"))?;
+                let mut urls = DatabaseUrls {
+                    coordinator: config.database_url("coordinator").await?,
+                    participants: Default::default(),
+                };
+                for p in ReferenceParticipant::ALL {
+                    urls.participants.insert(p.name(), config.database_url(p.name()).await?);
+                }
+                urls
             }
-            let mut urls = DatabaseUrls {
-                coordinator: config.database_url("coordinator").await?,
-                participants: Default::default(),
-            };
-            for p in ReferenceParticipant::ALL {
-                urls.participants.insert(p.name(), config.database_url(p.name()).await?);
+        };
+        let where_ = match setup.store {
+            StoreKind::Sqlite => urls
+                .coordinator
+                .trim_start_matches("sqlite://")
+                .trim_end_matches("?mode=rwc")
+                .to_owned(),
+            StoreKind::Postgres => format!("databases {}_*", config.store.database_prefix),
+        };
+        let transport = config.transport().await?;
+        let mut coordinator = config.coordinator_config();
+        let mut participant = config.participant_config();
+        if setup.store == StoreKind::Postgres {
+            // Row locks, not a single writer: several consumers pay off. Participants
+            // commit each command on its own (PostgreSQL group-commits concurrent
+            // transactions itself), so two batches never lock accounts in opposite orders.
+            coordinator.reply_workers = coordinator.reply_workers.max(4);
+            participant.workers = participant.workers.max(8);
+            participant.batch_size = 1;
+        }
+        if setup.transport == TransportKind::Sqs {
+            // SQS answers in tens of milliseconds per call (the local emulator in hundreds):
+            // resending as eagerly as on RabbitMQ only floods the queues with duplicates.
+            // Unless the config says otherwise, wait longer before a resend and give the
+            // try phase longer before the deadline cancels it.
+            let defaults = CoordinatorConfig::default();
+            if coordinator.policy == defaults.policy {
+                coordinator.policy.try_resend.initial_ms = 10_000;
+                coordinator.policy.try_resend.max_ms = 20_000;
+                coordinator.policy.finish_resend.initial_ms = 10_000;
+                coordinator.policy.finish_resend.max_ms = 60_000;
             }
-            urls
+            if coordinator.try_timeout == defaults.try_timeout {
+                coordinator.try_timeout = std::time::Duration::from_secs(30);
+            }
+            if config.coordinator.max_unfinished == 0 {
+                coordinator.admission = AdmissionLimit::adaptive_for(
+                    coordinator.try_timeout,
+                    Duration::from_millis(coordinator.policy.try_resend.initial_ms as u64),
+                );
+            }
         }
-    };
-    let where_ = match opts.store {
-        StoreKind::Sqlite => urls
-            .coordinator
-            .trim_start_matches("sqlite://")
-            .trim_end_matches("?mode=rwc")
-            .to_owned(),
-        StoreKind::Postgres => format!("databases {}_*", config.store.database_prefix),
-    };
-    let transport = config.transport().await?;
-    let mut coordinator = config.coordinator_config();
-    let mut participant = config.participant_config();
-    if opts.store == StoreKind::Postgres {
-        // Row locks, not a single writer: several consumers pay off. Participants
-        // commit each command on its own (PostgreSQL group-commits concurrent
-        // transactions itself), so two batches never lock accounts in opposite orders.
-        coordinator.reply_workers = coordinator.reply_workers.max(4);
-        participant.workers = participant.workers.max(8);
-        participant.batch_size = 1;
+        // One coordinator on its own database: it wakes every waiter itself.
+        coordinator.wait_poll = None;
+        let stack_config = StackConfig {
+            urls,
+            coordinator,
+            participant,
+            clock: Arc::new(SystemClock),
+            max_connections: config.store.max_connections,
+            statements: setup.count_statements.then(Default::default),
+        };
+        let stack = EmbeddedStack::start(stack_config, transport).await?;
+        Ok(RunStack {
+            stack,
+            run_id,
+            where_,
+            _temp: temp,
+        })
     }
-    if opts.transport == TransportKind::Sqs {
-        // SQS answers in tens of milliseconds per call (the local emulator in hundreds):
-        // resending as eagerly as on RabbitMQ only floods the queues with duplicates.
-        // Unless the config says otherwise, wait longer before a resend and give the
-        // try phase longer before the deadline cancels it.
-        let defaults = CoordinatorConfig::default();
-        if coordinator.policy == defaults.policy {
-            coordinator.policy.try_resend.initial_ms = 10_000;
-            coordinator.policy.try_resend.max_ms = 20_000;
-            coordinator.policy.finish_resend.initial_ms = 10_000;
-            coordinator.policy.finish_resend.max_ms = 60_000;
+
+    /// Graceful stop, then the run's queues are deleted from the broker: a demo or
+    /// bench leaves nothing behind on a shared RabbitMQ or SQS.
+    pub async fn finish(self) {
+        let transport = self.stack.transport().clone();
+        let queues = crate::stack::service_queues(&self.stack.config().coordinator.topology);
+        for (task, r) in self.stack.shutdown().await {
+            if let Err(e) = r {
+                tracing::warn!(task, error = %e, "task ended with an error");
+            }
         }
-        if coordinator.try_timeout == defaults.try_timeout {
-            coordinator.try_timeout = std::time::Duration::from_secs(30);
-        }
-    }
-    let stack_config = StackConfig {
-        urls,
-        coordinator,
-        participant,
-        clock: Arc::new(SystemClock),
-        max_connections: config.store.max_connections,
-    };
-    let stack = EmbeddedStack::start(stack_config, transport).await?;
-    let result = drive(&stack, &opts, &run_id).await;
-    let ended = stack.shutdown().await;
-    for (task, r) in ended {
-        if let Err(e) = r {
-            tracing::warn!(task, error = %e, "task ended with an error");
+        for q in queues {
+            if let Err(e) = transport.delete(&q).await {
+                tracing::warn!(queue = q, error = %e, "could not delete the run's queue");
+            }
         }
     }
+}
+
+pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
+    let run = RunStack::start(RunSetup {
+        transport: opts.transport,
+        store: opts.store,
+        data_dir: opts.data_dir.as_deref(),
+        config: &opts.config,
+        count_statements: false,
+    })
+    .await?;
+    let result = drive(&run.stack, &opts, &run.run_id).await;
+    let where_ = run.where_.clone();
+    run.finish().await;
     let mut summary = result?;
     summary.data_dir = where_;
     Ok(summary)
@@ -319,7 +383,7 @@ fn progress_bar(opts: &DemoOptions) -> indicatif::ProgressBar {
 }
 
 /// Waits (bounded) until no command or reply is queued or being handled.
-async fn wait_quiet(stack: &EmbeddedStack) {
+pub(crate) async fn wait_quiet(stack: &EmbeddedStack) {
     let deadline = Instant::now() + Duration::from_secs(30);
     let db = stack.coordinator().db();
     while Instant::now() < deadline {

@@ -96,6 +96,7 @@ async fn switch(
             status: StatusCode::SERVICE_UNAVAILABLE,
             code: "unavailable",
             message: format!("faults are off, but releasing held messages failed: {e}"),
+            retry_after: None,
         })?;
     }
     tracing::warn!(enabled, "fault injection switched");

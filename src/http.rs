@@ -4,6 +4,8 @@
 //!   `{"saga_id", "created"}` (and a `Location` header). `payment_id` is the
 //!   idempotency key: the same id again answers with the same saga and
 //!   `"created": false`.
+//! - `GET /v1/stats` → commands published, resends, unfinished sagas, the admission
+//!   bound and refusals of this coordinator.
 //! - `GET /v1/sagas/{id}[?wait=5s]` → the saga's
 //!   [`SagaView`](kessai_coordinator::SagaView) (state, branches, timeline), 404 if
 //!   unknown. With `wait` (at most [`MAX_WAIT`]) the answer comes once the saga is
@@ -11,8 +13,9 @@
 //!
 //! Errors are JSON `{"error": <code>, "message": <text>}` with a 4xx status for the
 //! client's mistakes (malformed JSON 400, wrong content type 415, a payment that does
-//! not validate 422, unknown saga 404) and 503 when the coordinator cannot take work
-//! right now; a bad request never panics a handler.
+//! not validate 422, unknown saga 404), 429 with `Retry-After` when admission control
+//! refuses a new saga (too many unfinished; nothing is created), and 503 when the
+//! coordinator cannot take work right now; a bad request never panics a handler.
 //!
 //! This module grows into the full API of SPEC §5: bearer-token auth with scopes,
 //! `POST /v1/sagas`, `GET /v1/sagas?state=`, retry,
@@ -39,6 +42,7 @@ pub fn router(coordinator: Coordinator) -> Router {
     Router::new()
         .route("/v1/payments", post(submit_payment))
         .route("/v1/sagas/{id}", get(saga))
+        .route("/v1/stats", get(stats))
         .with_state(coordinator)
 }
 
@@ -48,6 +52,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Sent as `Retry-After` (whole seconds) with 429 and 503.
+    pub retry_after: Option<Duration>,
 }
 
 impl ApiError {
@@ -56,13 +62,27 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    fn retry_after(mut self, after: Duration) -> Self {
+        self.retry_after = Some(after);
+        self
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({"error": self.code, "message": self.message}))).into_response()
+        let mut response = (self.status, Json(json!({"error": self.code, "message": self.message}))).into_response();
+        if let Some(after) = self.retry_after {
+            let secs = after.as_secs().max(1).to_string();
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                secs.parse().expect("digits are a valid header value"),
+            );
+        }
+        response
     }
 }
 
@@ -83,6 +103,15 @@ impl From<kessai_coordinator::Error> for ApiError {
         use kessai_coordinator::Error;
         match e {
             Error::Invalid(m) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", m),
+            Error::Overloaded { retry_after } => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "overloaded",
+                format!(
+                    "too many payments in flight; nothing was created, retry in {} s",
+                    retry_after.as_secs().max(1)
+                ),
+            )
+            .retry_after(retry_after),
             Error::ShuttingDown => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "shutting_down",
@@ -131,6 +160,21 @@ async fn submit_payment(
 #[serde(deny_unknown_fields)]
 struct SagaQuery {
     wait: Option<String>,
+}
+
+/// `GET /v1/stats`: what this coordinator did so far and its admission state (the
+/// benchmark reads commands per saga here; Prometheus metrics will carry the same).
+async fn stats(State(coordinator): State<Coordinator>) -> Json<serde_json::Value> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (stats, admission) = (coordinator.stats(), coordinator.admission());
+    Json(json!({
+        "commands_published": stats.commands_published.load(Relaxed),
+        "resends": stats.resends.load(Relaxed),
+        "unfinished": admission.unfinished(),
+        "admission_bound": admission.bound(),
+        "refused": admission.refused(),
+        "completion_rate_per_s": admission.rate(),
+    }))
 }
 
 /// `GET /v1/sagas/{id}[?wait=5s]`.

@@ -10,6 +10,10 @@
 //!   crash (`kill_*`) and restart hooks for tests and the chaos harness.
 //! - [`demo`]: `kessai demo` — seeds, submits N payments at concurrency C, waits,
 //!   checks the invariants, reports.
+//! - [`bench`]: `kessai bench` — the benchmark workload, closed or open loop, in one
+//!   process or one process per service (`bench_processes`): sagas/s, latency
+//!   percentiles, CPU per saga per process ([`procstat`]), statements and commands
+//!   per saga, 429s; the invariants at the end.
 //! - [`chaos`]: `kessai chaos` — faults (drop, duplicate, delay, reorder, process
 //!   kills, broker restarts) under load, in one process or as the multi-process
 //!   deployment (child processes on PostgreSQL), then quiescence, the invariants and
@@ -28,6 +32,8 @@
 //! - [`telemetry`]: logging set-up (the OpenTelemetry layer will join it).
 //! - [`units`]: duration parsing shared by the CLI and the HTTP API.
 
+pub mod bench;
+mod bench_processes;
 pub mod chaos;
 pub mod cli;
 pub mod config;
@@ -36,6 +42,7 @@ pub mod fault_control;
 pub mod health;
 pub mod http;
 pub mod invariants;
+pub mod procstat;
 pub mod service;
 pub mod stack;
 pub mod telemetry;

@@ -52,6 +52,40 @@ pub struct StackConfig {
     pub clock: Arc<dyn Clock>,
     /// Pool size for PostgreSQL (SQLite always uses one connection).
     pub max_connections: u32,
+    /// When set, every service's database statements are counted here (`kessai bench`).
+    pub statements: Option<Arc<StatementCounts>>,
+}
+
+/// Database statements each service ran, counted through sea-orm's metric hook:
+/// queries and writes, not `BEGIN` / `COMMIT` / `SAVEPOINT`.
+#[derive(Debug, Default)]
+pub struct StatementCounts {
+    counts: std::sync::Mutex<BTreeMap<&'static str, Arc<std::sync::atomic::AtomicU64>>>,
+}
+
+impl StatementCounts {
+    fn attach(&self, service: &'static str, db: &mut DatabaseConnection) {
+        let counter = self
+            .counts
+            .lock()
+            .expect("statement counts lock")
+            .entry(service)
+            .or_default()
+            .clone();
+        db.set_metric_callback(move |_| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
+
+    /// Statements so far, by service.
+    pub fn snapshot(&self) -> BTreeMap<&'static str, u64> {
+        self.counts
+            .lock()
+            .expect("statement counts lock")
+            .iter()
+            .map(|(k, v)| (*k, v.load(std::sync::atomic::Ordering::Relaxed)))
+            .collect()
+    }
 }
 
 struct ParticipantService {
@@ -162,6 +196,13 @@ impl EmbeddedStack {
         Some(total)
     }
 
+    /// Every running service's database, by service name.
+    pub fn databases(&self) -> Vec<(&'static str, &DatabaseConnection)> {
+        std::iter::once(("coordinator", self.coordinator.db()))
+            .chain(self.participants.iter().map(|(name, s)| (*name, &s.db)))
+            .collect()
+    }
+
     /// A participant's database, while it runs.
     pub fn participant_db(&self, p: ReferenceParticipant) -> Option<&DatabaseConnection> {
         self.participants.get(p.name()).map(|s| &s.db)
@@ -204,9 +245,13 @@ async fn open_participant(config: &StackConfig, p: ReferenceParticipant) -> anyh
         ReferenceParticipant::CardIssuer => Service::CardIssuer,
         ReferenceParticipant::Bank => Service::Bank,
     };
-    kessai_migrations::open(config.urls.participant(p), service, config.max_connections)
+    let mut db = kessai_migrations::open(config.urls.participant(p), service, config.max_connections)
         .await
-        .with_context(|| format!("opening the {} database", p.name()))
+        .with_context(|| format!("opening the {} database", p.name()))?;
+    if let Some(counts) = &config.statements {
+        counts.attach(p.name(), &mut db);
+    }
+    Ok(db)
 }
 
 fn spawn_participant(
@@ -229,9 +274,12 @@ async fn start_coordinator(
     config: &StackConfig,
     transport: &Arc<dyn Transport>,
 ) -> anyhow::Result<(Coordinator, CoordinatorTasks)> {
-    let db = kessai_migrations::open(&config.urls.coordinator, Service::Coordinator, config.max_connections)
+    let mut db = kessai_migrations::open(&config.urls.coordinator, Service::Coordinator, config.max_connections)
         .await
         .context("opening the coordinator database")?;
+    if let Some(counts) = &config.statements {
+        counts.attach("coordinator", &mut db);
+    }
     Ok(Coordinator::start(db, transport.clone(), config.coordinator.clone(), config.clock.clone()).await?)
 }
 

@@ -298,6 +298,7 @@ fn sqlite_stack_config(dir: &std::path::Path, topology: &Topology) -> StackConfi
         },
         clock: Arc::new(SystemClock),
         max_connections: 1,
+        statements: None,
     }
 }
 
@@ -641,6 +642,7 @@ async fn outage_run(real: &Real, server: &str, database: &dyn Fn(&str) -> String
         },
         clock: Arc::new(SystemClock),
         max_connections: 8,
+        statements: None,
     };
     let started = Instant::now();
     let stack = EmbeddedStack::start(config, real.transport.clone())

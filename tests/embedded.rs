@@ -33,6 +33,7 @@ fn stack_config(dir: &Path, clock: Arc<dyn Clock>, coordinator: CoordinatorConfi
         participant: RuntimeConfig::default(),
         clock,
         max_connections: 1,
+        statements: None,
     }
 }
 

@@ -15,7 +15,10 @@
 //!   - *replies* — consumes the reply queue, applies replies in batches, acks after
 //!     commit, dead-letters what it cannot decode or place;
 //!   - *timers* — wakes sagas whose `wake_at` passed: try deadlines, resends, `stuck`;
-//!   - *resume* — at start, resends what every unfinished saga waits on.
+//!   - *resume* — at start, resends what every unfinished saga waits on;
+//!   - *admission* — re-reads the unfinished count and re-sizes the bound on it from
+//!     the measured completion rate: beyond the bound a submission is refused
+//!     ([`Error::Overloaded`], HTTP 429) and creates nothing.
 //! - [`clock`]: the time seam, so tests run on tokio's paused clock.
 //!
 //! One payment: `Coordinator::submit_payment` → intake commits the saga and three try
@@ -29,7 +32,7 @@ pub mod machine;
 pub mod store;
 
 pub use clock::{Clock, ManualClock, SystemClock, TokioClock};
-pub use engine::{Coordinator, CoordinatorConfig, CoordinatorTasks, Submitted};
+pub use engine::{Admission, AdmissionLimit, Coordinator, CoordinatorConfig, CoordinatorTasks, EngineStats, Submitted};
 pub use machine::{Policy, SagaState};
 pub use store::{NewSaga, SagaView};
 
@@ -47,12 +50,16 @@ pub enum Error {
     Invalid(String),
     #[error("the coordinator is shutting down")]
     ShuttingDown,
+    /// Admission control refused a new saga: too many are unfinished. Nothing was
+    /// created; the client may try again after `retry_after`.
+    #[error("too many unfinished sagas; retry in {retry_after:?}")]
+    Overloaded { retry_after: std::time::Duration },
 }
 
 impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Db(_) | Error::ShuttingDown => true,
+            Error::Db(_) | Error::ShuttingDown | Error::Overloaded { .. } => true,
             Error::Transport(e) => e.is_retryable(),
             Error::Corrupt(_) | Error::Invalid(_) => false,
         }

@@ -165,17 +165,21 @@ impl BalanceParticipant {
         )
     }
 
-    /// Moves a freeze from `reserved` to `to`; `false` if it was not reserved any more.
-    async fn transition(txn: &DatabaseTransaction, branch: &BranchRef, to: HoldState) -> Result<bool, BusinessError> {
-        let result = wallet_freeze::Entity::update_many()
+    /// Moves the branch's freeze from `reserved` to `to` and returns it, in one
+    /// statement; `None` if no freeze of this branch was reserved (the rare case: the
+    /// caller then reads the freeze to say why).
+    async fn settle(
+        txn: &DatabaseTransaction,
+        branch: &BranchRef,
+        to: HoldState,
+    ) -> Result<Option<wallet_freeze::Model>, BusinessError> {
+        let update = wallet_freeze::Entity::update_many()
             .col_expr(wallet_freeze::Column::State, Expr::value(to))
             .col_expr(wallet_freeze::Column::UpdatedAtMs, Expr::value(now_ms()))
             .filter(wallet_freeze::Column::SagaId.eq(branch.saga_key()))
             .filter(wallet_freeze::Column::BranchId.eq(branch.branch_key()))
-            .filter(wallet_freeze::Column::State.eq(HoldState::Reserved))
-            .exec(txn)
-            .await?;
-        Ok(result.rows_affected == 1)
+            .filter(wallet_freeze::Column::State.eq(HoldState::Reserved));
+        Ok(ledger::update_returning(txn, update).await?)
     }
 }
 
@@ -231,19 +235,14 @@ impl Participant for BalanceParticipant {
         branch: &BranchRef,
         _: &WalletHold,
     ) -> Result<(), BusinessError> {
-        let Some(freeze) = Self::freeze_of(txn, branch).await? else {
-            return Err(BusinessError::rejected(format!("no freeze for branch {branch}")));
+        let Some(freeze) = Self::settle(txn, branch, HoldState::Committed).await? else {
+            return match Self::freeze_of(txn, branch).await?.map(|f| f.state) {
+                None => Err(BusinessError::rejected(format!("no freeze for branch {branch}"))),
+                Some(HoldState::Committed) => Ok(()),
+                Some(HoldState::Released) => Err(BusinessError::rejected("freeze was already released")),
+                Some(HoldState::Reserved) => Err(BusinessError::retryable("freeze changed concurrently")),
+            };
         };
-        match freeze.state {
-            HoldState::Committed => return Ok(()),
-            HoldState::Released => {
-                return Err(BusinessError::rejected("freeze was already released"));
-            }
-            HoldState::Reserved => {}
-        }
-        if !Self::transition(txn, branch, HoldState::Committed).await? {
-            return Err(BusinessError::retryable("freeze changed concurrently"));
-        }
         let deducted = wallet::Entity::update_many()
             .col_expr(
                 wallet::Column::Frozen,
@@ -263,20 +262,14 @@ impl Participant for BalanceParticipant {
     }
 
     async fn cancel(&self, txn: &DatabaseTransaction, branch: &BranchRef, _: &WalletHold) -> Result<(), BusinessError> {
-        let Some(freeze) = Self::freeze_of(txn, branch).await? else {
-            // Nothing was frozen, so there is nothing to release.
-            return Ok(());
+        let Some(freeze) = Self::settle(txn, branch, HoldState::Released).await? else {
+            return match Self::freeze_of(txn, branch).await?.map(|f| f.state) {
+                // Nothing was frozen, so there is nothing to release.
+                None | Some(HoldState::Released) => Ok(()),
+                Some(HoldState::Committed) => Err(BusinessError::rejected("freeze was already committed")),
+                Some(HoldState::Reserved) => Err(BusinessError::retryable("freeze changed concurrently")),
+            };
         };
-        match freeze.state {
-            HoldState::Released => return Ok(()),
-            HoldState::Committed => {
-                return Err(BusinessError::rejected("freeze was already committed"));
-            }
-            HoldState::Reserved => {}
-        }
-        if !Self::transition(txn, branch, HoldState::Released).await? {
-            return Err(BusinessError::retryable("freeze changed concurrently"));
-        }
         let released = wallet::Entity::update_many()
             .col_expr(
                 wallet::Column::Frozen,

@@ -201,17 +201,21 @@ impl BankParticipant {
             .await?)
     }
 
-    /// Moves a transfer from `reserved` to `to`; `false` if it was not reserved any more.
-    async fn transition(txn: &DatabaseTransaction, branch: &BranchRef, to: HoldState) -> Result<bool, BusinessError> {
-        let result = transfer::Entity::update_many()
+    /// Moves the branch's transfer from `reserved` to `to` and returns it, in one
+    /// statement; `None` if no transfer of this branch was reserved (the rare case: the
+    /// caller then reads the transfer to say why).
+    async fn settle(
+        txn: &DatabaseTransaction,
+        branch: &BranchRef,
+        to: HoldState,
+    ) -> Result<Option<transfer::Model>, BusinessError> {
+        let update = transfer::Entity::update_many()
             .col_expr(transfer::Column::State, Expr::value(to))
             .col_expr(transfer::Column::UpdatedAtMs, Expr::value(now_ms()))
             .filter(transfer::Column::SagaId.eq(branch.saga_key()))
             .filter(transfer::Column::BranchId.eq(branch.branch_key()))
-            .filter(transfer::Column::State.eq(HoldState::Reserved))
-            .exec(txn)
-            .await?;
-        Ok(result.rows_affected == 1)
+            .filter(transfer::Column::State.eq(HoldState::Reserved));
+        Ok(ledger::update_returning(txn, update).await?)
     }
 }
 
@@ -264,21 +268,16 @@ impl Participant for BankParticipant {
         branch: &BranchRef,
         _: &SettlementTransfer,
     ) -> Result<(), BusinessError> {
-        let Some(transfer) = Self::transfer_of(txn, branch).await? else {
-            return Err(BusinessError::rejected(format!(
-                "no reserved transfer for branch {branch}"
-            )));
+        let Some(transfer) = Self::settle(txn, branch, HoldState::Committed).await? else {
+            return match Self::transfer_of(txn, branch).await?.map(|h| h.state) {
+                None => Err(BusinessError::rejected(format!(
+                    "no reserved transfer for branch {branch}"
+                ))),
+                Some(HoldState::Committed) => Ok(()),
+                Some(HoldState::Released) => Err(BusinessError::rejected("transfer was already voided")),
+                Some(HoldState::Reserved) => Err(BusinessError::retryable("transfer changed concurrently")),
+            };
         };
-        match transfer.state {
-            HoldState::Committed => return Ok(()),
-            HoldState::Released => {
-                return Err(BusinessError::rejected("transfer was already voided"));
-            }
-            HoldState::Reserved => {}
-        }
-        if !Self::transition(txn, branch, HoldState::Committed).await? {
-            return Err(BusinessError::retryable("transfer changed concurrently"));
-        }
         let executed = settlement_account::Entity::update_many()
             .col_expr(
                 settlement_account::Column::Balance,
@@ -308,19 +307,14 @@ impl Participant for BankParticipant {
         branch: &BranchRef,
         _: &SettlementTransfer,
     ) -> Result<(), BusinessError> {
-        let Some(transfer) = Self::transfer_of(txn, branch).await? else {
-            return Ok(());
+        let Some(transfer) = Self::settle(txn, branch, HoldState::Released).await? else {
+            return match Self::transfer_of(txn, branch).await?.map(|h| h.state) {
+                // Nothing was held, so there is nothing to release.
+                None | Some(HoldState::Released) => Ok(()),
+                Some(HoldState::Committed) => Err(BusinessError::rejected("transfer was already executed")),
+                Some(HoldState::Reserved) => Err(BusinessError::retryable("transfer changed concurrently")),
+            };
         };
-        match transfer.state {
-            HoldState::Released => return Ok(()),
-            HoldState::Committed => {
-                return Err(BusinessError::rejected("transfer was already executed"));
-            }
-            HoldState::Reserved => {}
-        }
-        if !Self::transition(txn, branch, HoldState::Released).await? {
-            return Err(BusinessError::retryable("transfer changed concurrently"));
-        }
         let voided = settlement_account::Entity::update_many()
             .col_expr(
                 settlement_account::Column::Reserved,

@@ -154,17 +154,21 @@ impl CardIssuerParticipant {
             .await?)
     }
 
-    /// Moves a hold from `reserved` to `to`; `false` if it was not reserved any more.
-    async fn transition(txn: &DatabaseTransaction, branch: &BranchRef, to: HoldState) -> Result<bool, BusinessError> {
-        let result = card_hold::Entity::update_many()
+    /// Moves the branch's authorization hold from `reserved` to `to` and returns it, in
+    /// one statement; `None` if no hold of this branch was reserved (the rare case: the
+    /// caller then reads the hold to say why).
+    async fn settle(
+        txn: &DatabaseTransaction,
+        branch: &BranchRef,
+        to: HoldState,
+    ) -> Result<Option<card_hold::Model>, BusinessError> {
+        let update = card_hold::Entity::update_many()
             .col_expr(card_hold::Column::State, Expr::value(to))
             .col_expr(card_hold::Column::UpdatedAtMs, Expr::value(now_ms()))
             .filter(card_hold::Column::SagaId.eq(branch.saga_key()))
             .filter(card_hold::Column::BranchId.eq(branch.branch_key()))
-            .filter(card_hold::Column::State.eq(HoldState::Reserved))
-            .exec(txn)
-            .await?;
-        Ok(result.rows_affected == 1)
+            .filter(card_hold::Column::State.eq(HoldState::Reserved));
+        Ok(ledger::update_returning(txn, update).await?)
     }
 }
 
@@ -214,21 +218,16 @@ impl Participant for CardIssuerParticipant {
         branch: &BranchRef,
         _: &CardAuthorization,
     ) -> Result<(), BusinessError> {
-        let Some(hold) = Self::hold_of(txn, branch).await? else {
-            return Err(BusinessError::rejected(format!(
-                "no authorization hold for branch {branch}"
-            )));
+        let Some(hold) = Self::settle(txn, branch, HoldState::Committed).await? else {
+            return match Self::hold_of(txn, branch).await?.map(|h| h.state) {
+                None => Err(BusinessError::rejected(format!(
+                    "no authorization hold for branch {branch}"
+                ))),
+                Some(HoldState::Committed) => Ok(()),
+                Some(HoldState::Released) => Err(BusinessError::rejected("authorization was already released")),
+                Some(HoldState::Reserved) => Err(BusinessError::retryable("authorization hold changed concurrently")),
+            };
         };
-        match hold.state {
-            HoldState::Committed => return Ok(()),
-            HoldState::Released => {
-                return Err(BusinessError::rejected("authorization was already released"));
-            }
-            HoldState::Reserved => {}
-        }
-        if !Self::transition(txn, branch, HoldState::Committed).await? {
-            return Err(BusinessError::retryable("authorization hold changed concurrently"));
-        }
         let captured = card::Entity::update_many()
             .col_expr(card::Column::Held, Expr::col(card::Column::Held).sub(hold.amount))
             .col_expr(
@@ -254,19 +253,14 @@ impl Participant for CardIssuerParticipant {
         branch: &BranchRef,
         _: &CardAuthorization,
     ) -> Result<(), BusinessError> {
-        let Some(hold) = Self::hold_of(txn, branch).await? else {
-            return Ok(());
+        let Some(hold) = Self::settle(txn, branch, HoldState::Released).await? else {
+            return match Self::hold_of(txn, branch).await?.map(|h| h.state) {
+                // Nothing was held, so there is nothing to release.
+                None | Some(HoldState::Released) => Ok(()),
+                Some(HoldState::Committed) => Err(BusinessError::rejected("authorization was already captured")),
+                Some(HoldState::Reserved) => Err(BusinessError::retryable("authorization hold changed concurrently")),
+            };
         };
-        match hold.state {
-            HoldState::Released => return Ok(()),
-            HoldState::Committed => {
-                return Err(BusinessError::rejected("authorization was already captured"));
-            }
-            HoldState::Reserved => {}
-        }
-        if !Self::transition(txn, branch, HoldState::Released).await? {
-            return Err(BusinessError::retryable("authorization hold changed concurrently"));
-        }
         let released = card::Entity::update_many()
             .col_expr(card::Column::Held, Expr::col(card::Column::Held).sub(hold.amount))
             .filter(card::Column::CardId.eq(hold.card_id.as_str()))

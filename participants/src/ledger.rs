@@ -6,7 +6,7 @@ use crate::sdk::BranchRef;
 use kessai_messages::{BranchId, SagaId};
 use sea_orm::entity::prelude::*;
 use sea_orm::sea_query::{IntoIden, OnConflict};
-use sea_orm::{DatabaseConnection, TransactionTrait};
+use sea_orm::{DatabaseConnection, DatabaseTransaction, FromQueryResult, QueryTrait, TransactionTrait, UpdateMany};
 use std::collections::HashMap;
 
 /// The currency of the demo data set.
@@ -97,6 +97,29 @@ impl Effect {
             Effect::Released(_) => HoldState::Released,
         }
     }
+}
+
+/// Runs a conditional `UPDATE` of a hold row with `RETURNING *` and returns the row it
+/// changed, if any. This is how confirm and cancel settle a hold in one round trip:
+/// the `state = 'reserved'` condition checks, the `SET` moves the state, and what try
+/// stored (account, amount) comes back with it.
+///
+/// `RETURNING` is added to the statement here rather than left to sea-orm's
+/// `exec_with_returning`, which emits it on SQLite only with sea-orm's
+/// `sqlite-use-returning-for-3_35` feature (on in this workspace only through another
+/// crate's feature list). SQLite has had `RETURNING` since 3.35, PostgreSQL always.
+pub(crate) async fn update_returning<E>(
+    txn: &DatabaseTransaction,
+    update: UpdateMany<E>,
+) -> Result<Option<E::Model>, DbErr>
+where
+    E: EntityTrait,
+    E::Model: FromQueryResult,
+{
+    let mut query = update.into_query();
+    query.returning_all();
+    let statement = txn.get_database_backend().build(&query);
+    E::Model::find_by_statement(statement).one(txn).await
 }
 
 /// Per-saga and per-branch effects, as [`Audit`] holds them.

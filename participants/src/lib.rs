@@ -24,7 +24,9 @@
 //!    │ undecodable / invalid ──▶ <queue>-dlq (with reason)
 //!    ▼
 //! BEGIN ─▶ per command: SAVEPOINT ─▶ barrier claim ─▶ Participant::try_/confirm/cancel
-//!        (nested SAVEPOINT, rolled back on Rejected) ─▶ barrier outcome ─▶ RELEASE
+//!        ─▶ barrier outcome ─▶ RELEASE
+//!        (Rejected: SQLite rolls the SAVEPOINT back and records the refusal in a new
+//!        one; PostgreSQL runs business code in a nested SAVEPOINT and rolls that back)
 //! COMMIT ─▶ publish_batch(reply_to, Envelope::reply(..)) ─▶ ack
 //! ```
 //! Database schemas live in `kessai-migrations` (`BalanceMigrator`, ...); this crate

@@ -297,6 +297,77 @@ async fn rejection_rolls_back_partial_writes() {
 }
 
 #[tokio::test]
+async fn a_confirm_that_writes_then_refuses_is_undone_recorded_and_replayed() {
+    // Confirms for real, then refuses with a blank reason: the refusal must undo the
+    // confirm's writes but nothing else of the transaction, be recorded under a reason
+    // that is not blank, and be what every redelivery gets.
+    struct ConfirmsThenRefuses;
+
+    #[kessai_participants::sdk::async_trait]
+    impl Participant for ConfirmsThenRefuses {
+        type Payload = kessai_messages::payment::WalletHold;
+        fn name(&self) -> &'static str {
+            BALANCE
+        }
+        async fn try_(
+            &self,
+            txn: &sea_orm::DatabaseTransaction,
+            branch: &kessai_participants::BranchRef,
+            p: &Self::Payload,
+        ) -> Result<(), BusinessError> {
+            BalanceParticipant.try_(txn, branch, p).await
+        }
+        async fn confirm(
+            &self,
+            txn: &sea_orm::DatabaseTransaction,
+            branch: &kessai_participants::BranchRef,
+            p: &Self::Payload,
+        ) -> Result<(), BusinessError> {
+            BalanceParticipant.confirm(txn, branch, p).await?;
+            Err(BusinessError::rejected(" "))
+        }
+        async fn cancel(
+            &self,
+            txn: &sea_orm::DatabaseTransaction,
+            branch: &kessai_participants::BranchRef,
+            p: &Self::Payload,
+        ) -> Result<(), BusinessError> {
+            BalanceParticipant.cancel(txn, branch, p).await
+        }
+    }
+
+    let (_dir, db) = setup().await;
+    let (refused, other) = (SagaId::new(), SagaId::new());
+    run(&BalanceParticipant, &db, &cmd(refused, Operation::Try, 300)).await;
+    let txn = db.begin().await.unwrap();
+    let tried = handle_command(&BalanceParticipant, &txn, &cmd(other, Operation::Try, 200)).await;
+    assert_eq!(tried.unwrap(), Outcome::Ok);
+    let confirm = cmd(refused, Operation::Confirm, 300);
+    let outcome = handle_command(&ConfirmsThenRefuses, &txn, &confirm).await.unwrap();
+    assert_eq!(rejected(&outcome), Some("rejected by balance"));
+    txn.commit().await.unwrap();
+    // The other saga's freeze stands; the refused confirm left its freeze reserved.
+    assert_eq!(wallet(&db).await, (OPENING - 500, 500));
+    let audit = BalanceParticipant::audit(&db).await.unwrap();
+    assert_eq!(audit.effects[&refused], Effect::Reserved(300));
+    assert_eq!(audit.effects[&other], Effect::Reserved(200));
+    let records = barrier_records(&db, refused).await.unwrap();
+    let recorded = records.iter().find(|r| r.operation == Operation::Confirm).unwrap();
+    assert_eq!(recorded.outcome, Outcome::rejected("rejected by balance"));
+    // A redelivery replays the refusal, even to the real participant...
+    let outcome = run(&BalanceParticipant, &db, &confirm).await;
+    assert_eq!(rejected(&outcome), Some("rejected by balance"));
+    assert_eq!(wallet(&db).await, (OPENING - 500, 500));
+    // ...and the refused confirm does not stand in the way of the cancel.
+    assert_eq!(
+        run(&BalanceParticipant, &db, &cmd(refused, Operation::Cancel, 300)).await,
+        Outcome::Ok
+    );
+    assert_eq!(wallet(&db).await, (OPENING - 200, 200));
+    assert!(BalanceParticipant::audit(&db).await.unwrap().is_consistent());
+}
+
+#[tokio::test]
 async fn retryable_business_error_records_nothing() {
     struct Flaky;
 

@@ -11,14 +11,17 @@
 mod common;
 
 use common::{command, eur};
-use kessai_messages::payment::BALANCE;
+use kessai_messages::payment::{BALANCE, WalletHold};
 use kessai_messages::{Envelope, Operation, Outcome, SagaId};
 use kessai_migrations::{Service, connect, open};
 use kessai_participants::balance::WalletSeed;
-use kessai_participants::{BalanceParticipant, Error, ParticipantRuntime, RuntimeConfig, handle_command};
+use kessai_participants::sdk::barrier::{ALREADY_CANCELLED, ALREADY_CONFIRMED};
+use kessai_participants::{
+    BalanceParticipant, BranchRef, BusinessError, Error, Participant, ParticipantRuntime, RuntimeConfig, handle_command,
+};
 use kessai_transport::testing;
 use kessai_transport::{ConsumeOptions, MemoryTransport, OutgoingMessage, Topology, Transport};
-use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, TransactionTrait};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -370,6 +373,133 @@ async fn a_batch_that_loses_a_deadlock_releases_its_locks() {
     assert_eq!(audit.reserved, 8);
     assert_eq!(audit.barrier_records, 8);
     assert!(audit.is_consistent());
+    pg.drop_db().await;
+}
+
+/// Confirm and cancel of one branch racing in two transactions: the second waits for
+/// the first's lock on the try row and must then see the first's barrier row, answering
+/// "already cancelled" / "already confirmed" without running its business code. A single
+/// statement reading both rows would take its snapshot before that wait and miss the row
+/// committed during it (see `decisive_rows` in the barrier).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn confirm_and_cancel_waiting_on_each_other_stay_exclusive() {
+    let Some(pg) = PgDb::spawn().await else {
+        return;
+    };
+    let db = pg.db.clone();
+    let orders = [
+        (Operation::Cancel, Operation::Confirm, ALREADY_CANCELLED),
+        (Operation::Confirm, Operation::Cancel, ALREADY_CONFIRMED),
+    ];
+    for (first, second, refusal) in orders {
+        let saga = SagaId::new();
+        assert_eq!(apply(&db, &cmd(saga, "acct-4", Operation::Try, 10)).await, Outcome::Ok);
+        let holder = db.begin().await.unwrap();
+        let outcome = handle_command(&BalanceParticipant, &holder, &cmd(saga, "acct-4", first, 10)).await;
+        assert_eq!(outcome.unwrap(), Outcome::Ok);
+        let waiter = {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let txn = db.begin().await.unwrap();
+                let outcome = handle_command(&BalanceParticipant, &txn, &cmd(saga, "acct-4", second, 10)).await;
+                txn.commit().await.unwrap();
+                outcome
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!waiter.is_finished(), "the {second} did not wait for the {first}");
+        holder.commit().await.unwrap();
+        assert_eq!(
+            waiter.await.unwrap().unwrap(),
+            Outcome::rejected(refusal),
+            "{first} then {second}"
+        );
+    }
+    let audit = BalanceParticipant::audit(&db).await.unwrap();
+    assert_eq!(audit.moved, 10);
+    assert_eq!(audit.reserved, 0);
+    assert!(audit.is_consistent());
+    pg.drop_db().await;
+}
+
+/// Balance, but slow to refuse: holds the command's claim for a while after deciding.
+struct SlowToRefuse;
+
+#[kessai_participants::sdk::async_trait]
+impl Participant for SlowToRefuse {
+    type Payload = WalletHold;
+    fn name(&self) -> &'static str {
+        BALANCE
+    }
+    async fn try_(
+        &self,
+        txn: &DatabaseTransaction,
+        branch: &BranchRef,
+        hold: &WalletHold,
+    ) -> Result<(), BusinessError> {
+        let result = BalanceParticipant.try_(txn, branch, hold).await;
+        if result.is_err() {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+        result
+    }
+    async fn confirm(
+        &self,
+        txn: &DatabaseTransaction,
+        branch: &BranchRef,
+        hold: &WalletHold,
+    ) -> Result<(), BusinessError> {
+        BalanceParticipant.confirm(txn, branch, hold).await
+    }
+    async fn cancel(
+        &self,
+        txn: &DatabaseTransaction,
+        branch: &BranchRef,
+        hold: &WalletHold,
+    ) -> Result<(), BusinessError> {
+        BalanceParticipant.cancel(txn, branch, hold).await
+    }
+}
+
+/// A try refused by business code while a duplicate of it, in another transaction,
+/// waits for its claim. The refusal keeps the claim until its transaction commits, and
+/// the duplicate then replays it. Had the refusal given the claim up to record itself
+/// afresh, the duplicate would have taken it and waited for the wallet an earlier
+/// command of the first transaction had locked, while the first waited for the claim:
+/// a deadlock, broken only after `deadlock_timeout` (1 s) by aborting one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_try_keeps_its_claim_from_a_waiting_duplicate() {
+    let Some(pg) = PgDb::spawn().await else {
+        return;
+    };
+    let db = pg.db.clone();
+    let batch = db.begin().await.unwrap();
+    // An earlier command of the batch locks the wallet (600 of 1000 frozen)...
+    let earlier = cmd(SagaId::new(), "acct-1", Operation::Try, 600);
+    assert_eq!(
+        handle_command(&BalanceParticipant, &batch, &earlier).await.unwrap(),
+        Outcome::Ok
+    );
+    // ...the next one asks more than is left, while its duplicate arrives elsewhere.
+    let refused = cmd(SagaId::new(), "acct-1", Operation::Try, 500);
+    let duplicate = {
+        let (db, refused) = (db.clone(), refused.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let started = std::time::Instant::now();
+            let txn = db.begin().await.unwrap();
+            let outcome = handle_command(&BalanceParticipant, &txn, &refused).await;
+            txn.commit().await.unwrap();
+            (outcome, started.elapsed())
+        })
+    };
+    let outcome = handle_command(&SlowToRefuse, &batch, &refused).await.unwrap();
+    assert_eq!(outcome, Outcome::rejected("insufficient funds"));
+    batch.commit().await.unwrap();
+    let (replayed, waited) = duplicate.await.unwrap();
+    assert_eq!(replayed.expect("the duplicate was not a deadlock victim"), outcome);
+    assert!(waited < Duration::from_secs(1), "the duplicate waited {waited:?}");
+    assert_eq!(wallet(&db, "acct-1").await, (OPENING - 600, 600));
     pg.drop_db().await;
 }
 

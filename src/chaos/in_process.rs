@@ -49,6 +49,7 @@ pub(super) async fn run(opts: ChaosOptions) -> anyhow::Result<ChaosReport> {
         participant: config.participant_config(),
         clock: Arc::new(SystemClock),
         max_connections: 1,
+        statements: None,
     };
     let stack = EmbeddedStack::start(stack_config, Arc::new(faulty.clone())).await?;
     let stack = Arc::new(RwLock::new(stack));

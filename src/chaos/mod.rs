@@ -24,7 +24,7 @@
 
 mod broker;
 mod in_process;
-mod processes;
+pub(crate) mod processes;
 
 use crate::config::{Config, CoordinatorSettings};
 use crate::demo::TransportKind;

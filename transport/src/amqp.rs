@@ -32,6 +32,13 @@
 //!   at-least-once with idempotent handlers absorbs. Every ack and nack is bounded
 //!   ([`SETTLE_TIMEOUT`]): one lapin accepted just as the connection died may never
 //!   resolve, and must not stall a batch or a graceful shutdown.
+//! - **Expiry discards, it does not dead-letter.** [`OutgoingMessage::expires_in`]
+//!   becomes the per-message `expiration` property (milliseconds). Queues are
+//!   declared without arguments — no `x-dead-letter-exchange`, no `x-message-ttl` — so
+//!   RabbitMQ simply drops a message that reaches the head of its queue expired. That
+//!   is the point: an expired command is a stale copy its resend supersedes, not a
+//!   poison message. kessai's own dead-lettering is an explicit, confirmed publish to
+//!   `<queue>-dlq` (below) whose copy carries no expiration, so dead letters stay.
 //! - **Throughput.** Publishes go round-robin over a small pool of confirm-mode
 //!   channels (lapin channels are safe to share between tasks, RabbitMQ runs one
 //!   process per channel), and `publish_batch` pipelines: it sends every message, then
@@ -357,9 +364,12 @@ impl Shared {
         queue: &ShortString,
         message: &OutgoingMessage,
     ) -> Result<lapin::PublisherConfirm, Error> {
-        let properties = BasicProperties::default()
+        let mut properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_headers(to_field_table(&message.headers)?);
+        if let Some(ttl) = message.expires_in {
+            properties = properties.with_expiration(expiration(ttl));
+        }
         channel
             .basic_publish(
                 ShortString::from(""),
@@ -432,6 +442,13 @@ fn backoff(min: Duration, max: Duration, failures: u32) -> Duration {
     min.saturating_mul(1 << exponent).min(max)
 }
 
+/// The AMQP `expiration` property: whole milliseconds as a decimal string. RabbitMQ
+/// caps it at 2^32 - 1 ms (about 49 days); longer is sent as that.
+fn expiration(ttl: Duration) -> ShortString {
+    let ms = ttl.as_millis().min(u128::from(u32::MAX));
+    ShortString::from(ms.to_string())
+}
+
 fn short(name: &str) -> Result<ShortString, Error> {
     ShortString::try_new(name).map_err(|e| Error::Config(format!("name `{name}`: {e}")))
 }
@@ -500,6 +517,8 @@ impl Transport for AmqpTransport {
         "amqp"
     }
 
+    /// Durable, with no queue arguments: in particular no dead-letter exchange, so a
+    /// message that expires in the queue is discarded rather than moved to the DLQ.
     async fn declare(&self, queue: &str) -> Result<(), Error> {
         let dlq = dead_letter_queue(queue);
         let names = [short(&dlq)?, short(queue)?];
@@ -879,9 +898,11 @@ impl Settle for AmqpSettle {
         let mut headers = std::mem::take(&mut self.headers);
         headers.insert(DEAD_LETTER_REASON.into(), reason.to_owned());
         headers.insert(DEAD_LETTER_SOURCE.into(), self.queue.clone());
+        // No expiration: a dead letter waits for an operator, however long.
         let copy = OutgoingMessage {
             payload: std::mem::take(&mut self.payload),
             headers,
+            expires_in: None,
         };
         // If this fails the original stays unsettled and Drop requeues it.
         self.shared.publish(&dead_letter_queue(&self.queue), &copy).await?;
@@ -940,6 +961,14 @@ mod tests {
         let mut headers = Headers::new();
         headers.insert(long, "v".into());
         assert!(matches!(to_field_table(&headers), Err(Error::Config(_))));
+    }
+
+    #[test]
+    fn expiration_is_whole_milliseconds_capped() {
+        assert_eq!(expiration(Duration::from_millis(1_500)).as_str(), "1500");
+        assert_eq!(expiration(Duration::from_micros(2_999)).as_str(), "2");
+        assert_eq!(expiration(Duration::ZERO).as_str(), "0");
+        assert_eq!(expiration(Duration::from_secs(u64::MAX)).as_str(), "4294967295");
     }
 
     #[test]

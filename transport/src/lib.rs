@@ -34,6 +34,10 @@
 //!   [`DEAD_LETTER_REASON`] header, then settles the original; it is never lost.
 //! - Ordering is not guaranteed (SQS standard queues and redeliveries reorder); kessai's
 //!   protocol does not rely on it.
+//! - A message published with [`OutgoingMessage::expires_in`] that is still queued
+//!   unconsumed when it expires is discarded, not dead-lettered, where the broker can
+//!   expire messages (RabbitMQ, in-process; SQS cannot and delivers it regardless). A
+//!   delivery already handed to a consumer does not expire.
 
 pub mod amqp;
 pub mod faults;
@@ -90,6 +94,19 @@ pub struct OutgoingMessage {
     /// Broker-level headers (AMQP headers, SQS message attributes). kessai copies the
     /// trace context here so brokers' own tools can see it.
     pub headers: Headers,
+    /// How long the message stays worth delivering, counted from when the broker takes
+    /// it. A message still queued unconsumed when it expires is discarded where it
+    /// stands — never delivered, never dead-lettered. `None`: it never expires.
+    ///
+    /// Why: the coordinator resends an unanswered command on a schedule; the copy it
+    /// resends supersedes the one still queued. Expiring each copy when its successor
+    /// is due keeps a backed-up queue from filling with redundant copies.
+    ///
+    /// Per transport: RabbitMQ sets the per-message `expiration` property (the broker
+    /// drops the message once it reaches the head of the queue expired); the
+    /// in-process transport does the same at the head of its queue; SQS has no
+    /// per-message expiry and ignores it (delivery is not affected).
+    pub expires_in: Option<Duration>,
 }
 
 impl OutgoingMessage {
@@ -97,7 +114,14 @@ impl OutgoingMessage {
         Self {
             payload,
             headers: Headers::new(),
+            expires_in: None,
         }
+    }
+
+    /// The same message, discarded if still queued unconsumed after `ttl`.
+    pub fn expiring_in(mut self, ttl: Duration) -> Self {
+        self.expires_in = Some(ttl);
+        self
     }
 }
 
@@ -142,7 +166,9 @@ pub trait Transport: Send + Sync + 'static {
     }
 
     /// Messages in `queue` that are waiting or delivered but unsettled, if the broker
-    /// can tell (used to wait for quiescence; approximate on SQS).
+    /// can tell (used to wait for quiescence, and by the coordinator to see how far
+    /// behind a participant's command queue runs; approximate on SQS). `Ok(None)`: the
+    /// transport cannot tell.
     async fn pending(&self, queue: &str) -> Result<Option<u64>, Error> {
         let _ = queue;
         Ok(None)
@@ -247,6 +273,15 @@ impl Topology {
     pub fn command_queue(&self, participant: &str) -> String {
         format!("{}-{}-commands", self.prefix, participant)
     }
+    /// The participant whose command queue `queue` is, if it is one (the inverse of
+    /// [`Topology::command_queue`]).
+    pub fn participant_of<'q>(&self, queue: &'q str) -> Option<&'q str> {
+        queue
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix('-')?
+            .strip_suffix("-commands")
+            .filter(|p| !p.is_empty())
+    }
     /// Where the coordinators receive replies.
     pub fn reply_queue(&self) -> String {
         format!("{}-coordinator-replies", self.prefix)
@@ -260,4 +295,20 @@ impl Topology {
 /// The dead-letter queue of `queue`.
 pub fn dead_letter_queue(queue: &str) -> String {
     format!("{queue}-dlq")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_queues_name_their_participant() {
+        let t = Topology::new("kessai");
+        assert_eq!(t.participant_of(&t.command_queue("card-issuer")), Some("card-issuer"));
+        assert_eq!(t.participant_of(&t.command_queue("bank")), Some("bank"));
+        assert_eq!(t.participant_of(&t.reply_queue()), None);
+        assert_eq!(t.participant_of("other-bank-commands"), None);
+        assert_eq!(t.participant_of("kessai--commands"), None);
+        assert_eq!(Topology::new("a-b").participant_of("a-b-bank-commands"), Some("bank"));
+    }
 }

@@ -5,19 +5,37 @@
 //! dropped (its task died) goes back to the front of its queue marked redelivered, and
 //! dead-lettering moves the message to `<queue>-dlq` with its reason. It is not
 //! durable across the process — the coordinator's resend timers recover from that.
+//!
+//! Message expiry ([`OutgoingMessage::expires_in`]) follows RabbitMQ: the clock starts
+//! when the message is queued, a requeued or redelivered message keeps its original
+//! expiry, and an expired message is discarded when it reaches the head of its queue
+//! (also when counted, as RabbitMQ's own expiry timer drops an expired head without a
+//! consumer) — never delivered, never dead-lettered. Once delivered, a message does
+//! not expire. Expiry runs on tokio's clock, so paused-time tests see it move with
+//! their time.
 
 use crate::{ConsumeOptions, Consumer, Delivery, Error, Headers, OutgoingMessage, Settle, Transport};
 use crate::{DEAD_LETTER_REASON, DEAD_LETTER_SOURCE, dead_letter_queue};
 use async_trait::async_trait;
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 #[derive(Clone, Debug)]
 struct Message {
     payload: Vec<u8>,
     headers: Headers,
     redelivered: bool,
+    /// When the message stops being worth delivering (set at publish).
+    expires_at: Option<Instant>,
+}
+
+impl Message {
+    fn expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|at| now >= at)
+    }
 }
 
 #[derive(Default)]
@@ -25,9 +43,23 @@ struct Queue {
     ready: Mutex<VecDeque<Message>>,
     unsettled: Mutex<usize>,
     notify: Notify,
+    /// Messages discarded because they expired before being delivered.
+    expired: AtomicU64,
 }
 
 impl Queue {
+    /// Drops expired messages from the head of `ready`, as RabbitMQ does.
+    fn drop_expired_head(&self, ready: &mut VecDeque<Message>, now: Instant) {
+        let mut dropped = 0;
+        while ready.front().is_some_and(|m| m.expired(now)) {
+            ready.pop_front();
+            dropped += 1;
+        }
+        if dropped > 0 {
+            self.expired.fetch_add(dropped, Ordering::Relaxed);
+        }
+    }
+
     fn push_back(&self, m: Message) {
         self.ready.lock().expect("queue lock").push_back(m);
         self.notify.notify_one();
@@ -65,9 +97,18 @@ impl MemoryTransport {
         Self::default()
     }
 
-    /// Messages waiting in `queue` (not counting unsettled deliveries).
+    /// Messages waiting in `queue` (not counting unsettled deliveries). Expired
+    /// messages at the head are discarded first.
     pub fn ready_len(&self, queue: &str) -> usize {
-        self.broker.queue(queue).ready.lock().expect("queue lock").len()
+        let q = self.broker.queue(queue);
+        let mut ready = q.ready.lock().expect("queue lock");
+        q.drop_expired_head(&mut ready, Instant::now());
+        ready.len()
+    }
+
+    /// Messages of `queue` discarded so far because they expired undelivered.
+    pub fn expired_count(&self, queue: &str) -> u64 {
+        self.broker.queue(queue).expired.load(Ordering::Relaxed)
     }
 
     /// Deliveries of `queue` handed out and not yet settled.
@@ -93,6 +134,7 @@ impl Transport for MemoryTransport {
             payload: message.payload,
             headers: message.headers,
             redelivered: false,
+            expires_at: message.expires_in.map(|ttl| Instant::now() + ttl),
         });
         Ok(())
     }
@@ -127,9 +169,17 @@ struct MemoryConsumer {
 
 impl MemoryConsumer {
     fn take(&self, max: usize) -> Vec<Delivery> {
+        let now = Instant::now();
         let mut ready = self.queue.ready.lock().expect("queue lock");
-        let n = max.min(ready.len());
-        let taken: Vec<Message> = ready.drain(..n).collect();
+        let mut taken: Vec<Message> = Vec::with_capacity(max.min(ready.len()));
+        // Each message reaches the head in turn: an expired one is discarded there.
+        while taken.len() < max {
+            self.queue.drop_expired_head(&mut ready, now);
+            match ready.pop_front() {
+                Some(m) => taken.push(m),
+                None => break,
+            }
+        }
         drop(ready);
         if !taken.is_empty() {
             *self.queue.unsettled.lock().expect("queue lock") += taken.len();
@@ -208,6 +258,8 @@ impl Settle for MemorySettle {
             m.headers.insert(DEAD_LETTER_REASON.into(), reason.to_owned());
             m.headers.insert(DEAD_LETTER_SOURCE.into(), self.queue_name.clone());
             m.redelivered = false;
+            // A dead letter is kept for inspection, never expired away.
+            m.expires_at = None;
             self.broker.queue(&dead_letter_queue(&self.queue_name)).push_back(m);
         }
         Ok(())

@@ -27,6 +27,11 @@
 //! - **Bodies must be text for SQS.** A payload that is not valid UTF-8 in SQS's
 //!   character set (or is empty) travels base64-encoded, flagged by the
 //!   `x-kessai-body-encoding` attribute; JSON stays readable in the console.
+//! - **No message expiry.** SQS has no per-message time-to-live (only a queue-wide
+//!   retention period of at least a minute), so [`OutgoingMessage::expires_in`] is
+//!   ignored here: the message is delivered like any other. The coordinator still
+//!   spaces its resends by the queue depth `pending` reports, which is what keeps
+//!   redundant copies few on SQS.
 //! - **Long polling**: `WaitTimeSeconds` is the smaller of `SqsConfig::wait_time`, the
 //!   consumer's `poll_wait` (rounded to whole seconds) and 20 s; up to ten messages per
 //!   call, and never more unsettled deliveries than the consumer's prefetch.
@@ -418,7 +423,8 @@ fn sanitize(s: &str) -> String {
         .collect()
 }
 
-/// The SQS body and attributes carrying `message`.
+/// The SQS body and attributes carrying `message`. Its `expires_in` is not carried:
+/// SQS cannot expire one message (see the module docs).
 fn encode(message: &OutgoingMessage) -> Result<(String, HashMap<String, MessageAttributeValue>), Error> {
     let mut attributes = HashMap::new();
     for (name, value) in &message.headers {

@@ -119,6 +119,7 @@ async fn headers_round_trip(ctx: Ctx) {
     let sent = OutgoingMessage {
         payload: b"{}".to_vec(),
         headers: headers.clone(),
+        expires_in: None,
     };
     ctx.transport.publish(&q, sent).await.expect("publish");
     let mut consumer = ctx.consume(&q).await;

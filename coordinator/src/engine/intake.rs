@@ -5,7 +5,7 @@
 
 use super::{Inner, Submitted};
 use crate::Error;
-use crate::machine::Saga;
+use crate::machine::{Action, Saga};
 use crate::store::{self, NewSaga};
 use kessai_messages::SagaId;
 use sea_orm::TransactionTrait;
@@ -80,13 +80,19 @@ async fn commit_batch(inner: &Inner, batch: Vec<Request>) {
     }
 }
 
+/// Creates the sagas of `requests` in one transaction; a request whose idempotency
+/// key names a saga (in the database, or earlier in the same batch) gets that saga
+/// back with `created: false`. The new sagas are written by one
+/// [`store::insert_many`], about four statements for the whole batch.
 async fn insert_all(inner: &Inner, requests: &[&NewSaga]) -> Result<Vec<Submitted>, Error> {
     let now = inner.clock.now_ms();
+    let pacing = inner.stats.pacing();
     let txn = inner.db.begin().await?;
     let keys: Vec<String> = requests.iter().filter_map(|r| r.idempotency_key.clone()).collect();
     let mut known: HashMap<String, SagaId> = store::by_keys(&txn, &keys).await?;
     let mut out = Vec::with_capacity(requests.len());
-    for new in requests {
+    let mut fresh: Vec<(&NewSaga, Saga, Vec<Action>)> = Vec::with_capacity(requests.len());
+    for &new in requests {
         if let Some(id) = new.idempotency_key.as_ref().and_then(|k| known.get(k)) {
             out.push(Submitted {
                 saga_id: *id,
@@ -95,14 +101,15 @@ async fn insert_all(inner: &Inner, requests: &[&NewSaga]) -> Result<Vec<Submitte
             continue;
         }
         let id = SagaId::new();
-        let (saga, actions) = Saga::new(
+        let (saga, actions) = Saga::new_paced(
             id,
             new.branches.clone(),
             now,
             now + new.try_timeout_ms,
             &inner.config.policy,
+            &pacing,
         );
-        store::insert(&txn, &inner.routing, new, &saga, &actions, now).await?;
+        fresh.push((new, saga, actions));
         if let Some(k) = &new.idempotency_key {
             known.insert(k.clone(), id);
         }
@@ -111,6 +118,11 @@ async fn insert_all(inner: &Inner, requests: &[&NewSaga]) -> Result<Vec<Submitte
             created: true,
         });
     }
+    let items: Vec<(&NewSaga, &Saga, &[Action])> = fresh
+        .iter()
+        .map(|(new, saga, actions)| (*new, saga, actions.as_slice()))
+        .collect();
+    store::insert_many(&txn, &inner.routing, &items, now).await?;
     txn.commit().await?;
     Ok(out)
 }

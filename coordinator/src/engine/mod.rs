@@ -1,10 +1,12 @@
 //! The running coordinator: a handle ([`Coordinator`]) and its tasks
 //! ([`CoordinatorTasks`]).
 
+mod admission;
 mod drive;
 mod intake;
 mod relay;
 mod replies;
+mod stats;
 mod timers;
 mod waiters;
 
@@ -23,8 +25,12 @@ use tokio_util::sync::CancellationToken;
 
 /// How often [`Coordinator::wait`] re-reads a saga another coordinator may finish.
 pub const WAIT_POLL: Duration = Duration::from_millis(250);
+/// The longest gap between two such re-reads.
+pub const WAIT_POLL_MAX: Duration = Duration::from_secs(2);
 
+pub use admission::{Admission, AdmissionLimit};
 pub use drive::Driven;
+pub use stats::EngineStats;
 
 /// How a coordinator behaves. Defaults are production-sane.
 #[derive(Clone, Debug)]
@@ -43,6 +49,14 @@ pub struct CoordinatorConfig {
     pub reply_workers: usize,
     /// Resend what every unfinished saga waits on at start.
     pub resume_on_start: bool,
+    /// The bound on unfinished sagas beyond which submissions are refused (see
+    /// [`admission`](AdmissionLimit)).
+    pub admission: AdmissionLimit,
+    /// How soon [`Coordinator::wait`] first re-reads a saga another coordinator on the
+    /// same database may finish (then at doubling intervals up to [`WAIT_POLL_MAX`]).
+    /// `None` when this coordinator is alone on its database (the embedded stack):
+    /// it wakes every waiter itself, and re-reading would only load the database.
+    pub wait_poll: Option<Duration>,
 }
 
 impl Default for CoordinatorConfig {
@@ -56,6 +70,11 @@ impl Default for CoordinatorConfig {
             relay_poll: Duration::from_millis(250),
             reply_workers: 1,
             resume_on_start: true,
+            admission: AdmissionLimit::adaptive_for(
+                Duration::from_secs(10),
+                Duration::from_millis(Policy::default().try_resend.initial_ms as u64),
+            ),
+            wait_poll: Some(WAIT_POLL),
         }
     }
 }
@@ -77,6 +96,8 @@ pub(crate) struct Inner {
     pub waiters: waiters::Waiters,
     /// Nudges the relay when a transaction added outbox rows.
     pub outbox_ready: Notify,
+    pub admission: Admission,
+    pub stats: EngineStats,
 }
 
 /// A handle to a running coordinator: submit, inspect, wait. Cheap to clone.
@@ -140,7 +161,10 @@ impl Coordinator {
             config: config.clone(),
             waiters: waiters::Waiters::default(),
             outbox_ready: Notify::new(),
+            admission: Admission::new(config.admission),
+            stats: EngineStats::default(),
         });
+        inner.admission.resync(store::count_unfinished(&inner.db).await?);
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let (tx, rx) = mpsc::channel(config.batch_size.max(1) * 4);
@@ -159,6 +183,10 @@ impl Coordinator {
         {
             let (inner, cancel) = (inner.clone(), cancel.clone());
             tasks.spawn(async move { ("timers", timers::run(inner, cancel).await) });
+        }
+        {
+            let (inner, cancel) = (inner.clone(), cancel.clone());
+            tasks.spawn(async move { ("admission", admission_loop(inner, cancel).await) });
         }
         if config.resume_on_start {
             let (inner, cancel) = (inner.clone(), cancel.clone());
@@ -196,12 +224,49 @@ impl Coordinator {
         if let Some((p, _)) = new.branches.iter().find(|(p, _)| p.trim().is_empty()) {
             return Err(Error::Invalid(format!("branch participant {p:?} is empty")));
         }
+        let admission = &self.inner.admission;
+        if let Err(refused) = admission.try_admit() {
+            // A repeated key is not new work: it names its saga even when the door is
+            // shut (read-only; no transaction, nothing created).
+            if let Some(key) = &new.idempotency_key
+                && let Some(id) = store::by_keys(&self.inner.db, std::slice::from_ref(key))
+                    .await?
+                    .get(key)
+            {
+                return Ok(Submitted {
+                    saga_id: *id,
+                    created: false,
+                });
+            }
+            return Err(Error::Overloaded {
+                retry_after: admission.refuse(refused).retry_after,
+            });
+        }
+        let result = self.enqueue(new).await;
+        if !matches!(result, Ok(Submitted { created: true, .. })) {
+            // A duplicate key or a failure created nothing: give the slot back.
+            admission.release();
+        }
+        result
+    }
+
+    async fn enqueue(&self, new: NewSaga) -> Result<Submitted, Error> {
         let (tx, rx) = oneshot::channel();
         self.intake
             .send(intake::Request { new, reply: tx })
             .await
             .map_err(|_| Error::ShuttingDown)?;
         rx.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// What the engine did so far (commands published, resends).
+    pub fn stats(&self) -> &EngineStats {
+        &self.inner.stats
+    }
+
+    /// Admission control's state: unfinished sagas, the bound, refusals.
+    pub fn admission(&self) -> &Admission {
+        &self.inner.admission
     }
 
     /// A saga with its branches and timeline.
@@ -212,21 +277,33 @@ impl Coordinator {
     /// Waits until the saga is terminal or `timeout` passes; returns its state then.
     ///
     /// Woken at once when this coordinator finishes the saga; another coordinator on
-    /// the same database may finish it instead, so the state is also re-read every
-    /// [`WAIT_POLL`].
+    /// the same database may finish it instead, so unless this coordinator is alone on
+    /// its database (`wait_poll: None`) the state is also re-read, first after
+    /// `wait_poll` and then at doubling intervals up to [`WAIT_POLL_MAX`] — many clients
+    /// waiting on long sagas must not turn into a stream of reads.
     pub async fn wait(&self, id: SagaId, timeout: Duration) -> Result<Option<SagaState>, Error> {
         let mut rx = self.inner.waiters.register(id);
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut poll = self.inner.config.wait_poll;
         loop {
-            let loaded = store::load(&self.inner.db, &[id]).await?;
-            let Some(current) = loaded.get(&id).map(|l| l.saga.state) else {
-                return Ok(None);
+            let current = match store::state_of(&self.inner.db, id).await {
+                Ok(current) => current,
+                Err(e) => {
+                    drop(rx);
+                    self.inner.waiters.forget(id);
+                    return Err(e);
+                }
             };
             let now = tokio::time::Instant::now();
-            if current.is_terminal() || now >= deadline {
-                return Ok(Some(current));
+            if current.is_none_or(SagaState::is_terminal) || now >= deadline {
+                // Unknown, already over, or out of time: nothing this call registered
+                // may outlive it.
+                drop(rx);
+                self.inner.waiters.forget(id);
+                return Ok(current);
             }
-            let nap = (deadline - now).min(WAIT_POLL);
+            let nap = (deadline - now).min(poll.unwrap_or(Duration::MAX));
+            poll = poll.map(|p| (p * 2).min(WAIT_POLL_MAX));
             tokio::select! {
                 woken = &mut rx, if !rx.is_terminated() => {
                     if let Ok(state) = woken {
@@ -249,5 +326,20 @@ impl Coordinator {
 
     pub fn db(&self) -> &DatabaseConnection {
         &self.inner.db
+    }
+}
+
+/// Re-reads the unfinished count and recomputes the admission bound every
+/// [`admission::RESYNC`].
+async fn admission_loop(inner: Arc<Inner>, cancel: CancellationToken) -> Result<(), Error> {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(admission::RESYNC) => {}
+        }
+        match store::count_unfinished(&inner.db).await {
+            Ok(n) => inner.admission.resync(n),
+            Err(e) => tracing::warn!(error = %e, "counting unfinished sagas failed; will retry"),
+        }
     }
 }

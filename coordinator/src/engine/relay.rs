@@ -3,6 +3,12 @@
 //! A crash between publish and delete publishes them again — participants' barriers
 //! make that harmless. A row is deleted only after the transport confirmed it (AMQP
 //! publisher confirm, SQS answer), so nothing committed is ever lost.
+//!
+//! Each command goes out with a time-to-live: the time left until its branch's resend
+//! is due (the row's `expires_at_ms`), at least [`MIN_TTL`]. When the resend goes out,
+//! a copy still queued behind a backlog is dropped at the head of the queue instead of
+//! being handled a second time, so a backed-up participant's queue does not fill with
+//! redundant copies. Confirmed publishes are counted in the engine's stats.
 
 use super::Inner;
 use crate::Error;
@@ -17,6 +23,19 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug_span, warn};
 
 const BATCH: u64 = 512;
+
+/// The shortest time-to-live a command is published with. A row relayed late (the
+/// relay was behind, or the coordinator restarted) may be at or past its expiry: it
+/// still gets this long to be delivered, rather than expiring on arrival. Its resend
+/// follows anyway, so a stale copy lives at most this much longer.
+const MIN_TTL: Duration = Duration::from_secs(1);
+
+/// The time-to-live of a command due to expire at `expires_at_ms`, published at
+/// `now_ms`: the time left, at least [`MIN_TTL`]; none for rows without an expiry.
+fn time_to_live(expires_at_ms: Option<i64>, now_ms: i64) -> Option<Duration> {
+    let left = expires_at_ms?.saturating_sub(now_ms);
+    Some(Duration::from_millis(u64::try_from(left).unwrap_or(0)).max(MIN_TTL))
+}
 
 pub(crate) async fn run(inner: Arc<Inner>, cancel: CancellationToken) -> Result<(), Error> {
     let mut declared: HashSet<String> = HashSet::new();
@@ -82,14 +101,18 @@ async fn publish(
     if rows.is_empty() {
         return (Vec::new(), Ok(()));
     }
-    let mut by_queue: BTreeMap<String, (Vec<i64>, Vec<OutgoingMessage>)> = BTreeMap::new();
+    let now = inner.clock.now_ms();
+    // Per queue: row ids, how many are resends, the messages.
+    let mut by_queue: BTreeMap<String, (Vec<i64>, u64, Vec<OutgoingMessage>)> = BTreeMap::new();
     for row in rows {
         let headers: Headers = serde_json::from_str(&row.headers).unwrap_or_default();
         let entry = by_queue.entry(row.queue).or_default();
         entry.0.push(row.id);
-        entry.1.push(OutgoingMessage {
+        entry.1 += u64::from(row.attempt.is_some_and(|a| a > 1));
+        entry.2.push(OutgoingMessage {
             payload: row.payload.into_bytes(),
             headers,
+            expires_in: time_to_live(row.expires_at_ms, now),
         });
     }
     for queue in by_queue.keys() {
@@ -101,16 +124,23 @@ async fn publish(
         }
     }
     let system = inner.transport.system();
-    let results = join_all(by_queue.into_iter().map(|(queue, (ids, messages))| {
+    let results = join_all(by_queue.into_iter().map(|(queue, (ids, resends, messages))| {
         let span = debug_span!("outbox_publish", messaging.system = system, messaging.destination.name = %queue, messaging.batch.message_count = ids.len());
-        async move { (ids, inner.transport.publish_batch(&queue, messages).await) }.instrument(span)
+        async move {
+            let result = inner.transport.publish_batch(&queue, messages).await;
+            (queue, ids, resends, result)
+        }
+        .instrument(span)
     }))
     .await;
     let mut sent = Vec::new();
     let mut first_error = None;
-    for (ids, result) in results {
+    for (queue, ids, resends, result) in results {
         match result {
-            Ok(()) => sent.extend(ids),
+            Ok(()) => {
+                inner.stats.record_published(&queue, ids.len() as u64, resends);
+                sent.extend(ids);
+            }
             Err(e) => first_error = first_error.or(Some(e)),
         }
     }
@@ -121,4 +151,22 @@ async fn publish(
             None => Ok(()),
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_to_live_is_the_time_left_with_a_floor() {
+        assert_eq!(time_to_live(None, 5_000), None);
+        assert_eq!(time_to_live(Some(9_000), 5_000), Some(Duration::from_secs(4)));
+        assert_eq!(time_to_live(Some(5_400), 5_000), Some(MIN_TTL));
+        assert_eq!(
+            time_to_live(Some(1_000), 5_000),
+            Some(MIN_TTL),
+            "already past: the floor"
+        );
+        assert_eq!(time_to_live(Some(i64::MIN), i64::MAX), Some(MIN_TTL));
+    }
 }

@@ -22,6 +22,18 @@ impl Waiters {
         rx
     }
 
+    /// Drops the closed waiters of a saga a caller stopped waiting for (unknown, or
+    /// the wait timed out), so nothing registered outlives its request.
+    pub fn forget(&self, id: SagaId) {
+        let mut map = self.map.lock().expect("waiters lock");
+        if let Some(list) = map.get_mut(&id) {
+            list.retain(|w| !w.is_closed());
+            if list.is_empty() {
+                map.remove(&id);
+            }
+        }
+    }
+
     pub fn finished(&self, id: SagaId, state: SagaState) {
         let list = self.map.lock().expect("waiters lock").remove(&id);
         for w in list.into_iter().flatten() {

@@ -1,10 +1,10 @@
 //! The decision: the one place a saga leaves `Trying`.
 
-use super::{Action, BranchState, Note, Policy, Saga, SagaState};
+use super::{Action, BranchState, Note, Saga, SagaState, Timing};
 use kessai_messages::Operation;
 
 /// All branches prepared: confirm every one.
-pub(super) fn confirm(saga: &mut Saga, now: i64, policy: &Policy, actions: &mut Vec<Action>) {
+pub(super) fn confirm(saga: &mut Saga, now: i64, timing: &Timing, actions: &mut Vec<Action>) {
     debug_assert_eq!(saga.state, SagaState::Trying);
     saga.state = SagaState::Confirming;
     actions.push(Action::Log(Note::new(
@@ -12,8 +12,8 @@ pub(super) fn confirm(saga: &mut Saga, now: i64, policy: &Policy, actions: &mut 
         None,
         "confirm: every branch prepared",
     )));
-    let resend_at = now + policy.finish_resend.delay_ms(1);
     for b in &mut saga.branches {
+        let resend_at = timing.resend_at(now, Operation::Confirm, 1, &b.participant);
         b.state = BranchState::Confirming { attempt: 1, resend_at };
         actions.push(Action::Send {
             branch: b.id,
@@ -27,16 +27,16 @@ pub(super) fn confirm(saga: &mut Saga, now: i64, policy: &Policy, actions: &mut 
 /// reservation. A rejected try reserved nothing and is left alone; a branch still
 /// trying is cancelled too, since its try may yet land (the participant's barrier
 /// then refuses it, or the cancel undoes it).
-pub(super) fn cancel(saga: &mut Saga, why: String, now: i64, policy: &Policy, actions: &mut Vec<Action>) {
+pub(super) fn cancel(saga: &mut Saga, why: String, now: i64, timing: &Timing, actions: &mut Vec<Action>) {
     debug_assert_eq!(saga.state, SagaState::Trying);
     saga.state = SagaState::Cancelling;
     actions.push(Action::Log(Note::new("decided", None, format!("cancel: {why}"))));
     saga.reason = Some(why);
-    let resend_at = now + policy.finish_resend.delay_ms(1);
     for b in &mut saga.branches {
         if matches!(b.state, BranchState::Rejected { .. }) {
             continue;
         }
+        let resend_at = timing.resend_at(now, Operation::Cancel, 1, &b.participant);
         b.state = BranchState::Cancelling { attempt: 1, resend_at };
         actions.push(Action::Send {
             branch: b.id,

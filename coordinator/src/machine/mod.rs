@@ -9,6 +9,11 @@
 //! (a deadline or a resend came due; an SRE or a restart asked to resend now), and
 //! [`decide`] (the one-way switch from trying to confirming or cancelling).
 //!
+//! Resend timing has two inputs: the [`Policy`] (configured backoff) and a [`Pacing`]
+//! (how far behind each participant's command queue runs, as the engine measured it).
+//! Both are plain values passed in ([`apply_paced`], [`Saga::new_paced`]): the machine
+//! never looks at a queue itself.
+//!
 //! The rule everything else serves: a saga decides once. `Trying` moves to
 //! `Confirming` only when every branch is prepared, to `Cancelling` on any rejection or
 //! at the try deadline, and neither of those ever moves to the other.
@@ -19,6 +24,7 @@ mod timers;
 
 use kessai_messages::{BranchId, Operation, Outcome, SagaId};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Where a saga is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -161,7 +167,20 @@ impl Saga {
         try_deadline: i64,
         policy: &Policy,
     ) -> (Saga, Vec<Action>) {
-        let resend_at = now + policy.try_resend.delay_ms(1);
+        Saga::new_paced(id, branches, now, try_deadline, policy, &Pacing::default())
+    }
+
+    /// [`Saga::new`], each try's first resend no sooner than `pacing` allows for its
+    /// participant.
+    pub fn new_paced(
+        id: SagaId,
+        branches: Vec<(String, serde_json::Value)>,
+        now: i64,
+        try_deadline: i64,
+        policy: &Policy,
+        pacing: &Pacing,
+    ) -> (Saga, Vec<Action>) {
+        let timing = Timing { policy, pacing };
         let mut actions = vec![Action::Log(Note::new(
             "submitted",
             None,
@@ -177,6 +196,7 @@ impl Saga {
                     operation: Operation::Try,
                     attempt: 1,
                 });
+                let resend_at = timing.resend_at(now, Operation::Try, 1, &participant);
                 Branch {
                     id,
                     participant,
@@ -285,6 +305,10 @@ impl Backoff {
 }
 
 /// The timing rules of the protocol.
+///
+/// The backoff is what a participant that keeps up gets. When its command queue backs
+/// up, the engine stretches the delays with a [`Pacing`] (see
+/// [`Policy::resend_delay_ms`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Policy {
     /// Resend of an unanswered try.
@@ -308,6 +332,92 @@ impl Default for Policy {
             },
             stuck_after: 8,
         }
+    }
+}
+
+impl Policy {
+    /// The backoff of resends of `op`.
+    pub fn backoff(&self, op: Operation) -> Backoff {
+        match op {
+            Operation::Try => self.try_resend,
+            Operation::Confirm | Operation::Cancel => self.finish_resend,
+        }
+    }
+
+    /// Delay before resending `op` to `participant` after send number `attempt`: the
+    /// backoff, stretched to the participant's [`Pacing`] floor, but never past the
+    /// backoff's cap.
+    ///
+    /// Why stretch: a resend is meant for a command that was lost, not for one still
+    /// queued behind a backlog. While a participant's queue takes longer to drain than
+    /// the backoff, resending on the backoff only adds copies the participant must
+    /// wade through. Why cap: the cap is the operator's bound on how long a lost
+    /// command may go unnoticed, backlog or not.
+    pub fn resend_delay_ms(&self, op: Operation, attempt: u32, participant: &str, pacing: &Pacing) -> i64 {
+        let backoff = self.backoff(op);
+        let floor = pacing.floor_ms(participant).min(backoff.max_ms);
+        backoff.delay_ms(attempt).max(floor)
+    }
+}
+
+/// Per participant, the least delay before a command to it may be resent: how long
+/// its command queue currently takes to drain, with a margin. The engine measures the
+/// queues and passes the result in; a participant without an entry (the usual case)
+/// gets the plain [`Policy`] backoff.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pacing {
+    floors_ms: BTreeMap<String, i64>,
+}
+
+impl Pacing {
+    /// No floors: every participant gets the plain backoff.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// With `participant`'s floor set to `floor_ms` (none if not positive).
+    pub fn with_floor(mut self, participant: impl Into<String>, floor_ms: i64) -> Self {
+        self.set_floor(participant, floor_ms);
+        self
+    }
+
+    /// Sets `participant`'s floor; a floor that is not positive removes it.
+    pub fn set_floor(&mut self, participant: impl Into<String>, floor_ms: i64) {
+        let participant = participant.into();
+        if floor_ms > 0 {
+            self.floors_ms.insert(participant, floor_ms);
+        } else {
+            self.floors_ms.remove(&participant);
+        }
+    }
+
+    /// `participant`'s floor in ms; 0 when it has none.
+    pub fn floor_ms(&self, participant: &str) -> i64 {
+        self.floors_ms.get(participant).copied().unwrap_or(0)
+    }
+
+    /// Whether no participant has a floor.
+    pub fn is_empty(&self) -> bool {
+        self.floors_ms.is_empty()
+    }
+
+    /// Every floor, by participant.
+    pub fn floors(&self) -> impl Iterator<Item = (&str, i64)> {
+        self.floors_ms.iter().map(|(p, f)| (p.as_str(), *f))
+    }
+}
+
+/// The timing one transition runs under: the policy and the pacing, together.
+#[derive(Clone, Copy)]
+struct Timing<'a> {
+    policy: &'a Policy,
+    pacing: &'a Pacing,
+}
+
+impl Timing<'_> {
+    /// When `op` to `participant`, just sent as send number `attempt`, is due again.
+    fn resend_at(&self, now: i64, op: Operation, attempt: u32, participant: &str) -> i64 {
+        now + self.policy.resend_delay_ms(op, attempt, participant, self.pacing)
     }
 }
 
@@ -336,6 +446,20 @@ impl Transition {
 /// Applies one event. Pure: the same inputs always give the same transition.
 /// Duplicated, reordered and stale events are absorbed (no change, no action).
 pub fn apply(saga: &Saga, event: &Event, now: i64, policy: &Policy) -> Result<Transition, Error> {
+    apply_paced(saga, event, now, policy, &Pacing::default())
+}
+
+/// [`apply`], with every command it sends (first sends and resends alike) given a
+/// resend delay no shorter than `pacing` asks for its participant. Still pure: the
+/// pacing is an input like the time.
+pub fn apply_paced(
+    saga: &Saga,
+    event: &Event,
+    now: i64,
+    policy: &Policy,
+    pacing: &Pacing,
+) -> Result<Transition, Error> {
+    let timing = Timing { policy, pacing };
     let mut next = saga.clone();
     let mut actions = Vec::new();
     match event {
@@ -351,11 +475,11 @@ pub fn apply(saga: &Saga, event: &Event, now: i64, policy: &Policy) -> Result<Tr
             *attempt,
             outcome,
             now,
-            policy,
+            &timing,
             &mut actions,
         )?,
-        Event::Tick => timers::on_tick(&mut next, now, policy, &mut actions),
-        Event::ResendNow { why } => timers::resend_now(&mut next, why, now, policy, &mut actions),
+        Event::Tick => timers::on_tick(&mut next, now, &timing, &mut actions),
+        Event::ResendNow { why } => timers::resend_now(&mut next, why, now, &timing, &mut actions),
     }
     Ok(Transition { saga: next, actions })
 }

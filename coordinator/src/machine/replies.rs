@@ -1,6 +1,6 @@
 //! A participant answered.
 
-use super::{Action, BranchState, Error, Note, Policy, Saga, SagaState, decide};
+use super::{Action, BranchState, Error, Note, Saga, SagaState, Timing, decide};
 use kessai_messages::{BranchId, Operation, Outcome};
 
 #[allow(clippy::too_many_arguments)]
@@ -11,7 +11,7 @@ pub(super) fn on_reply(
     attempt: u32,
     outcome: &Outcome,
     now: i64,
-    policy: &Policy,
+    timing: &Timing,
     actions: &mut Vec<Action>,
 ) -> Result<(), Error> {
     let state = saga.state;
@@ -41,7 +41,7 @@ pub(super) fn on_reply(
             match state {
                 SagaState::Trying => {
                     if saga.branches.iter().all(|b| b.state == BranchState::Prepared) {
-                        decide::confirm(saga, now, policy, actions);
+                        decide::confirm(saga, now, timing, actions);
                     }
                 }
                 _ => decide::finish_if_done(saga, actions),
@@ -52,7 +52,7 @@ pub(super) fn on_reply(
             b.state = BranchState::Rejected { reason: reason.clone() };
             b.last_error = Some(reason.clone());
             actions.push(Action::Log(Note::new("try_rejected", Some(id), reason.clone())));
-            decide::cancel(saga, why, now, policy, actions);
+            decide::cancel(saga, why, now, timing, actions);
         }
         Outcome::Rejected { reason } | Outcome::Retryable { reason } => {
             // A confirm or cancel must not fail under TCC; a participant that says so

@@ -160,6 +160,124 @@ fn resend_now_resends_everything_waiting() {
     assert_eq!(sends(&a), vec![(1, Operation::Try, 2), (2, Operation::Try, 2)]);
 }
 
+#[test]
+fn resend_now_sends_a_due_command_once() {
+    let s = new_saga(2);
+    let (s, _) = step(&s, reply(0, Operation::Try, Outcome::Ok), T0 + 1);
+    // Branch 1's resend is due (T0 + 2 s) when the resend is asked for.
+    let (s, a) = step(&s, Event::ResendNow { why: "restart".into() }, T0 + 2_500);
+    assert_eq!(sends(&a), vec![(1, Operation::Try, 2)]);
+    assert_eq!(resend_at(&s, 1), T0 + 2_500 + 4_000);
+    // Past the try deadline: the cancels go out once each, not also "resent".
+    let (s, a) = step(&s, Event::ResendNow { why: "restart".into() }, T0 + 10_000);
+    assert_eq!(s.state, SagaState::Cancelling);
+    assert_eq!(sends(&a), vec![(0, Operation::Cancel, 1), (1, Operation::Cancel, 1)]);
+}
+
+// ---- pacing: resends stretched while a participant's queue is backed up ----
+
+fn resend_at(s: &Saga, branch: usize) -> i64 {
+    s.branches[branch].state.waiting().expect("waiting").2
+}
+
+#[test]
+fn pacing_stretches_first_tries_per_participant() {
+    let branches = (0..3).map(|i| (format!("p{i}"), serde_json::json!(i))).collect();
+    let pacing = Pacing::none().with_floor("p1", 5_000).with_floor("p2", 500);
+    let (s, actions) = Saga::new_paced(SagaId::new(), branches, T0, T0 + 10_000, &policy(), &pacing);
+    assert_eq!(sends(&actions).len(), 3);
+    assert_eq!(resend_at(&s, 0), T0 + 2_000, "no floor: the plain backoff");
+    assert_eq!(resend_at(&s, 1), T0 + 5_000, "stretched to the floor");
+    assert_eq!(
+        resend_at(&s, 2),
+        T0 + 2_000,
+        "a floor below the backoff changes nothing"
+    );
+    assert_eq!(s.wake_at(), Some(T0 + 2_000));
+}
+
+#[test]
+fn pacing_stretches_resends_but_only_of_the_backed_up_participant() {
+    let s = new_saga(2);
+    let pacing = Pacing::none().with_floor("p1", 7_000);
+    let t = apply_paced(&s, &Event::Tick, T0 + 2_000, &policy(), &pacing).unwrap();
+    assert_eq!(sends(&t.actions), vec![(0, Operation::Try, 2), (1, Operation::Try, 2)]);
+    // Attempt 2's backoff is 4 s; p1's queue needs 7 s.
+    assert_eq!(resend_at(&t.saga, 0), T0 + 6_000);
+    assert_eq!(resend_at(&t.saga, 1), T0 + 9_000);
+    // The next tick resends p0 only: p1's command is not due yet.
+    let t = apply_paced(&t.saga, &Event::Tick, T0 + 6_000, &policy(), &pacing).unwrap();
+    assert_eq!(sends(&t.actions), vec![(0, Operation::Try, 3)]);
+}
+
+#[test]
+fn pacing_is_capped_at_the_backoff_max() {
+    let p = policy();
+    let pacing = Pacing::none().with_floor("slow", 10 * 60_000);
+    assert_eq!(
+        p.resend_delay_ms(Operation::Try, 1, "slow", &pacing),
+        p.try_resend.max_ms
+    );
+    assert_eq!(
+        p.resend_delay_ms(Operation::Confirm, 1, "slow", &pacing),
+        p.finish_resend.max_ms
+    );
+    assert_eq!(
+        p.resend_delay_ms(Operation::Cancel, 3, "slow", &pacing),
+        p.finish_resend.max_ms
+    );
+    assert_eq!(p.resend_delay_ms(Operation::Confirm, 3, "other", &pacing), 4_000);
+    assert_eq!(p.resend_delay_ms(Operation::Confirm, 3, "slow", &Pacing::none()), 4_000);
+}
+
+#[test]
+fn pacing_stretches_confirms_and_cancels() {
+    let pacing = Pacing::none().with_floor("p0", 3_000).with_floor("p1", 90_000);
+    // All prepared: the confirms' first resend follows the pacing.
+    let mut s = new_saga(3);
+    for b in 0..3 {
+        s = apply_paced(&s, &reply(b, Operation::Try, Outcome::Ok), T0 + 10, &policy(), &pacing)
+            .unwrap()
+            .saga;
+    }
+    assert_eq!(s.state, SagaState::Confirming);
+    assert_eq!(resend_at(&s, 0), T0 + 10 + 3_000);
+    assert_eq!(resend_at(&s, 1), T0 + 10 + 60_000, "capped at the finish backoff's max");
+    assert_eq!(resend_at(&s, 2), T0 + 10 + 1_000);
+    // The try deadline: the cancels too.
+    let s = new_saga(3);
+    let t = apply_paced(&s, &Event::Tick, T0 + 10_000, &policy(), &pacing).unwrap();
+    assert_eq!(t.saga.state, SagaState::Cancelling);
+    assert_eq!(resend_at(&t.saga, 0), T0 + 10_000 + 3_000);
+    assert_eq!(resend_at(&t.saga, 2), T0 + 10_000 + 1_000);
+}
+
+#[test]
+fn pacing_floors_can_be_cleared() {
+    let mut pacing = Pacing::none().with_floor("a", 4_000);
+    assert_eq!(pacing.floor_ms("a"), 4_000);
+    assert_eq!(pacing.floors().collect::<Vec<_>>(), vec![("a", 4_000)]);
+    pacing.set_floor("a", 0);
+    assert!(pacing.is_empty());
+    assert_eq!(pacing.floor_ms("a"), 0);
+    assert_eq!(Pacing::none().with_floor("b", -5), Pacing::none());
+}
+
+#[test]
+fn apply_is_apply_paced_without_floors() {
+    let s = new_saga(3);
+    for (e, now) in [
+        (Event::Tick, T0 + 2_000),
+        (reply(1, Operation::Try, Outcome::Ok), T0 + 5),
+        (Event::ResendNow { why: "x".into() }, T0 + 7),
+    ] {
+        assert_eq!(
+            apply(&s, &e, now, &policy()),
+            apply_paced(&s, &e, now, &policy(), &Pacing::none())
+        );
+    }
+}
+
 // ---- property tests ----
 
 /// What the fuzzer throws at a saga.
@@ -206,8 +324,57 @@ fn assert_safe(sent: &[(u32, Operation, u32)]) {
     }
 }
 
+fn pacing_of(floors: &[i64]) -> Pacing {
+    floors
+        .iter()
+        .enumerate()
+        .fold(Pacing::none(), |pacing, (i, f)| pacing.with_floor(format!("p{i}"), *f))
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Whatever the pacing, every command sent is next due after its backoff stretched
+    /// to its participant's floor: never sooner than the plain backoff, never later
+    /// than the larger of that and the backoff's cap.
+    #[test]
+    fn pacing_only_ever_stretches_up_to_the_cap(
+        n in 1usize..5,
+        inputs in proptest::collection::vec(input_strategy(4), 0..40),
+        floors in proptest::collection::vec(0i64..200_000, 4),
+    ) {
+        let p = policy();
+        let pacing = pacing_of(&floors);
+        let check = |saga: &Saga, actions: &[Action], now: i64| -> Result<(), TestCaseError> {
+            for (branch, op, attempt) in sends(actions) {
+                let b = &saga.branches[branch as usize];
+                let Some((waiting, last, at)) = b.state.waiting() else { continue };
+                if waiting != op || last != attempt {
+                    continue; // superseded within the same transition
+                }
+                let backoff = p.backoff(op);
+                let delay = at - now;
+                prop_assert_eq!(delay, p.resend_delay_ms(op, attempt, &b.participant, &pacing));
+                prop_assert!(delay >= backoff.delay_ms(attempt));
+                prop_assert!(delay <= backoff.delay_ms(attempt).max(backoff.max_ms));
+                prop_assert!(delay >= pacing.floor_ms(&b.participant).min(backoff.max_ms));
+            }
+            Ok(())
+        };
+        let (mut saga, actions) = Saga::new_paced(SagaId::new(), (0..n).map(|i| (format!("p{i}"), serde_json::json!(i))).collect(), T0, T0 + 10_000, &p, &pacing);
+        check(&saga, &actions, T0)?;
+        let mut now = T0;
+        for input in inputs {
+            let event = match input {
+                Input::Reply { branch, op, attempt, outcome } => Event::Reply { branch: BranchId(branch % n as u32), operation: op, attempt, outcome: outcome_of(outcome) },
+                Input::Tick { advance_ms } => { now += advance_ms; Event::Tick }
+                Input::ResendNow => Event::ResendNow { why: "prop".into() },
+            };
+            let t = apply_paced(&saga, &event, now, &p, &pacing).unwrap();
+            check(&t.saga, &t.actions, now)?;
+            saga = t.saga;
+        }
+    }
 
     /// For any interleaving of duplicated, reordered, stale and delayed replies, timer
     /// firings and forced resends: a saga never sends a confirm after a cancel (nor
@@ -218,9 +385,12 @@ proptest! {
         n in 1usize..5,
         inputs in proptest::collection::vec(input_strategy(4), 0..60),
         fates in proptest::collection::vec(proptest::bool::weighted(0.8), 4),
+        floors in proptest::collection::vec(prop_oneof![2 => Just(0i64), 1 => 0i64..120_000], 4),
     ) {
         let p = policy();
-        let (mut saga, actions) = Saga::new(SagaId::new(), (0..n).map(|i| (format!("p{i}"), serde_json::json!(i))).collect(), T0, T0 + 10_000, &p);
+        let pacing = pacing_of(&floors);
+        let apply = |s: &Saga, e: &Event, now: i64, p: &Policy| apply_paced(s, e, now, p, &pacing);
+        let (mut saga, actions) = Saga::new_paced(SagaId::new(), (0..n).map(|i| (format!("p{i}"), serde_json::json!(i))).collect(), T0, T0 + 10_000, &p, &pacing);
         let mut sent = sends(&actions);
         let mut now = T0;
         for input in inputs {

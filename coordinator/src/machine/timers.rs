@@ -1,27 +1,34 @@
-//! Time passed: the try deadline, resends with backoff, the stuck flag.
+//! Time passed: the try deadline, resends with backoff (stretched by the pacing while
+//! a participant's queue is backed up), the stuck flag.
 
-use super::{Action, BranchState, Note, Policy, Saga, SagaState, decide};
+use super::{Action, BranchState, Note, Saga, SagaState, Timing, decide};
 use kessai_messages::Operation;
 
-pub(super) fn on_tick(saga: &mut Saga, now: i64, policy: &Policy, actions: &mut Vec<Action>) {
+pub(super) fn on_tick(saga: &mut Saga, now: i64, timing: &Timing, actions: &mut Vec<Action>) {
     if saga.state == SagaState::Trying && now >= saga.try_deadline {
-        decide::cancel(saga, "try deadline passed".to_owned(), now, policy, actions);
+        decide::cancel(saga, "try deadline passed".to_owned(), now, timing, actions);
         return;
     }
-    resend_due(saga, now, policy, actions, |resend_at| resend_at <= now);
+    resend_due(saga, now, timing, actions, |resend_at| resend_at <= now);
 }
 
-pub(super) fn resend_now(saga: &mut Saga, why: &str, now: i64, policy: &Policy, actions: &mut Vec<Action>) {
+pub(super) fn resend_now(saga: &mut Saga, why: &str, now: i64, timing: &Timing, actions: &mut Vec<Action>) {
     if saga.state.is_terminal() {
         return;
     }
     actions.push(Action::Log(Note::new("resend_requested", None, why.to_owned())));
-    on_tick(saga, now, policy, actions);
-    // Whatever the tick did not resend (not yet due), resend now.
-    resend_due(saga, now, policy, actions, |resend_at| resend_at > now);
+    if saga.state == SagaState::Trying && now >= saga.try_deadline {
+        // The cancels this sends are fresh: nothing older to resend.
+        decide::cancel(saga, "try deadline passed".to_owned(), now, timing, actions);
+        return;
+    }
+    // Every waiting command once, due or not. (A tick followed by a pass over what it
+    // left would send a due command twice: the tick's resend is no longer due.)
+    resend_due(saga, now, timing, actions, |_| true);
 }
 
-fn resend_due(saga: &mut Saga, now: i64, policy: &Policy, actions: &mut Vec<Action>, due: impl Fn(i64) -> bool) {
+fn resend_due(saga: &mut Saga, now: i64, timing: &Timing, actions: &mut Vec<Action>, due: impl Fn(i64) -> bool) {
+    let policy = timing.policy;
     let mut newly_stuck = false;
     for b in &mut saga.branches {
         let Some((op, attempt, resend_at)) = b.state.waiting() else {
@@ -31,11 +38,7 @@ fn resend_due(saga: &mut Saga, now: i64, policy: &Policy, actions: &mut Vec<Acti
             continue;
         }
         let attempt = attempt + 1;
-        let backoff = match op {
-            Operation::Try => policy.try_resend,
-            Operation::Confirm | Operation::Cancel => policy.finish_resend,
-        };
-        b.state = BranchState::waiting_for(op, attempt, now + backoff.delay_ms(attempt));
+        b.state = BranchState::waiting_for(op, attempt, timing.resend_at(now, op, attempt, &b.participant));
         actions.push(Action::Send {
             branch: b.id,
             operation: op,

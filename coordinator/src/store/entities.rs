@@ -92,6 +92,12 @@ pub mod outbox {
         #[sea_orm(column_type = "Text")]
         pub headers: String,
         pub created_at_ms: i64,
+        /// When the command stops being worth delivering: its branch's resend is due
+        /// then. The relay publishes it with the time left as its time-to-live. `None`
+        /// (rows from before the column existed): no expiry.
+        pub expires_at_ms: Option<i64>,
+        /// The command's send number (1 = first send); `None` on old rows.
+        pub attempt: Option<i32>,
     }
 
     impl ActiveModelBehavior for ActiveModel {}

@@ -4,6 +4,11 @@
 //! A transition is saved with its timeline entries and its outbox rows in the
 //! caller's transaction, guarded by the saga's version: [`save`] changes nothing and
 //! returns `false` when another writer got there first.
+//!
+//! Writes are batched per table, not per saga: [`insert_many`] and [`save_many`] take
+//! a whole intake or reply batch in about four statements, whatever its size, because
+//! each statement is a round trip (to sqlx's SQLite worker thread, or over the
+//! network to PostgreSQL) and those round trips, not the rows, were the cost.
 
 pub mod entities;
 
@@ -12,12 +17,12 @@ use crate::machine::{Action, Branch, BranchState, Saga, SagaState};
 use entities::{branch, outbox, saga, saga_event};
 use kessai_messages::{BranchId, Command, Envelope, Operation, SagaId};
 use kessai_transport::Topology;
-use sea_orm::sea_query::{Expr, LockBehavior, LockType};
+use sea_orm::sea_query::{LockBehavior, LockType};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, NotSet, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
-    Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, Iterable, NotSet, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, Set, Statement, Value,
 };
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
 
 /// A saga as loaded, with the version a save must match.
@@ -47,6 +52,12 @@ pub struct Routing {
 }
 
 impl Routing {
+    /// The outbox rows of a transition's sends. Each command expires when its branch's
+    /// next resend is due (`saga` is the state after the transition, which holds that
+    /// time): by then a fresh copy supersedes it, and a stale copy still queued would
+    /// only be handled twice. A try expires at the try deadline at the latest — after
+    /// it the saga cancels anyway. A command its branch no longer waits on (answered in
+    /// the same transition) is stale at once.
     fn outbox_rows(&self, saga: &Saga, actions: &[Action], now: i64) -> Vec<outbox::ActiveModel> {
         let reply_to = self.topology.reply_queue();
         actions
@@ -71,6 +82,10 @@ impl Routing {
                             payload: b.payload.clone(),
                         },
                     );
+                    let expires_at = match b.state.waiting() {
+                        Some((op, _, resend_at)) if op == *operation => resend_at.min(deadline.unwrap_or(i64::MAX)),
+                        _ => now,
+                    };
                     Some(outbox::ActiveModel {
                         id: NotSet,
                         saga_id: Set(saga.id.to_string()),
@@ -78,6 +93,8 @@ impl Routing {
                         payload: Set(String::from_utf8(env.encode()).expect("JSON is UTF-8")),
                         headers: Set(serde_json::to_string(&env.headers).expect("serialises")),
                         created_at_ms: Set(now),
+                        expires_at_ms: Set(Some(expires_at)),
+                        attempt: Set(Some(i32::try_from(*attempt).unwrap_or(i32::MAX))),
                     })
                 }
                 Action::Log(_) => None,
@@ -149,6 +166,97 @@ fn decode_saga(row: &saga::Model, branches: Vec<Branch>) -> Result<Loaded, Error
     })
 }
 
+/// Most bound parameters one statement carries. The bundled SQLite refuses more than
+/// 32766 (`SQLITE_MAX_VARIABLE_NUMBER`), PostgreSQL's protocol more than 65535; a
+/// batch that needs more is split into several statements of at most this many.
+const MAX_PARAMS: usize = 30_000;
+
+/// Inserts `rows` into their table with as few multi-row INSERTs as [`MAX_PARAMS`]
+/// allows (one for any realistic batch).
+async fn insert_rows<C, A>(db: &C, rows: Vec<A>) -> Result<(), Error>
+where
+    C: ConnectionTrait,
+    A: ActiveModelTrait + Send,
+{
+    // Every column counted, set or not: an upper bound on the parameters per row.
+    let per_row = <<A::Entity as EntityTrait>::Column as Iterable>::iter().count().max(1);
+    for chunk in statements(rows, per_row) {
+        A::Entity::insert_many(chunk).exec_without_returning(db).await?;
+    }
+    Ok(())
+}
+
+/// `rows` split into groups of at most [`MAX_PARAMS`] parameters at `per_row` each.
+fn statements<T>(rows: Vec<T>, per_row: usize) -> impl Iterator<Item = Vec<T>> {
+    let per_statement = (MAX_PARAMS / per_row.max(1)).max(1);
+    let mut rows = rows.into_iter().peekable();
+    std::iter::from_fn(move || {
+        rows.peek()?;
+        Some(rows.by_ref().take(per_statement).collect())
+    })
+}
+
+/// One statement's SQL and values, with placeholders per backend: `?` on SQLite,
+/// `$n::type` on PostgreSQL. The casts matter there: a NULL in a `VALUES` list has no
+/// type of its own, and PostgreSQL would otherwise guess `text` for it.
+struct Sql {
+    backend: DbBackend,
+    text: String,
+    values: Vec<Value>,
+}
+
+impl Sql {
+    fn new(backend: DbBackend) -> Self {
+        Sql {
+            backend,
+            text: String::new(),
+            values: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, sql: &str) {
+        self.text.push_str(sql);
+    }
+
+    /// Appends a placeholder for `value`; `pg_type` is its PostgreSQL type.
+    fn bind(&mut self, value: Value, pg_type: &str) {
+        self.values.push(value);
+        match self.backend {
+            DbBackend::Postgres => {
+                use std::fmt::Write;
+                let _ = write!(self.text, "${}::{pg_type}", self.values.len());
+            }
+            _ => self.text.push('?'),
+        }
+    }
+
+    /// `WITH v(<columns>) AS (VALUES (..), ..) `: a batch of per-row values as a table
+    /// that the UPDATE ... FROM appended next joins against. Each column is `(name,
+    /// PostgreSQL type)`; each row has one value per column.
+    fn with_values(backend: DbBackend, columns: &[(&str, &str)], rows: Vec<Vec<Value>>) -> Self {
+        let mut sql = Sql::new(backend);
+        sql.push("WITH v(");
+        sql.push(&columns.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(", "));
+        sql.push(") AS (VALUES ");
+        for (i, row) in rows.into_iter().enumerate() {
+            sql.push(if i == 0 { "(" } else { ", (" });
+            for (j, (value, (_, pg_type))) in row.into_iter().zip(columns).enumerate() {
+                if j > 0 {
+                    sql.push(", ");
+                }
+                sql.bind(value, pg_type);
+            }
+            sql.push(")");
+        }
+        sql.push(") ");
+        sql
+    }
+
+    fn statement(self) -> Statement {
+        Statement::from_sql_and_values(self.backend, self.text, self.values)
+    }
+}
+
 /// Inserts a new saga with its branches, timeline and first commands.
 pub async fn insert<C: ConnectionTrait>(
     db: &C,
@@ -158,60 +266,88 @@ pub async fn insert<C: ConnectionTrait>(
     actions: &[Action],
     now: i64,
 ) -> Result<(), Error> {
-    saga::Entity::insert(saga::ActiveModel {
-        id: Set(saga.id.to_string()),
-        kind: Set(new.kind.clone()),
-        idempotency_key: Set(new.idempotency_key.clone()),
-        state: Set(saga.state.as_str().to_owned()),
-        version: Set(1),
-        stuck: Set(false),
-        try_deadline_ms: Set(saga.try_deadline),
-        wake_at_ms: Set(saga.wake_at()),
-        created_at_ms: Set(now),
-        updated_at_ms: Set(now),
-        finished_at_ms: Set(None),
-        reason: Set(None),
-        request: Set(new.request.clone()),
-        trace_id: Set(None),
-    })
-    .exec_without_returning(db)
-    .await?;
-    let branches = saga.branches.iter().map(|b| {
-        let (state, attempt, resend_at) = encode_branch(&b.state);
-        branch::ActiveModel {
-            saga_id: Set(saga.id.to_string()),
-            branch_id: Set(b.id.0 as i32),
-            participant: Set(b.participant.clone()),
-            payload: Set(b.payload.to_string()),
-            state: Set(state),
-            attempt: Set(attempt),
-            resend_at_ms: Set(resend_at),
-            last_error: Set(None),
-            updated_at_ms: Set(now),
-        }
-    });
-    branch::Entity::insert_many(branches).exec_without_returning(db).await?;
-    write_effects(db, routing, saga, actions, now).await
+    insert_many(db, routing, &[(new, saga, actions)], now).await
 }
 
+/// Inserts new sagas with their branches, timelines and first commands: one multi-row
+/// INSERT per table for the whole batch (split only past [`MAX_PARAMS`]), so an
+/// intake batch costs four statements, not four per saga. On SQLite every statement
+/// is a hand-off to sqlx's worker thread, on PostgreSQL a network round trip; per
+/// saga they dominated the cost of a submission.
+///
+/// Rows go in the order of `items`, so outbox ids (the relay's publish order) and
+/// timeline ids follow it.
+pub async fn insert_many<C: ConnectionTrait>(
+    db: &C,
+    routing: &Routing,
+    items: &[(&NewSaga, &Saga, &[Action])],
+    now: i64,
+) -> Result<(), Error> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    let sagas: Vec<saga::ActiveModel> = items
+        .iter()
+        .map(|(new, saga, _)| saga::ActiveModel {
+            id: Set(saga.id.to_string()),
+            kind: Set(new.kind.clone()),
+            idempotency_key: Set(new.idempotency_key.clone()),
+            state: Set(saga.state.as_str().to_owned()),
+            version: Set(1),
+            stuck: Set(false),
+            try_deadline_ms: Set(saga.try_deadline),
+            wake_at_ms: Set(saga.wake_at()),
+            created_at_ms: Set(now),
+            updated_at_ms: Set(now),
+            finished_at_ms: Set(None),
+            reason: Set(None),
+            request: Set(new.request.clone()),
+            trace_id: Set(None),
+        })
+        .collect();
+    insert_rows(db, sagas).await?;
+    let branches: Vec<branch::ActiveModel> = items
+        .iter()
+        .flat_map(|(_, saga, _)| {
+            saga.branches.iter().map(move |b| {
+                let (state, attempt, resend_at) = encode_branch(&b.state);
+                branch::ActiveModel {
+                    saga_id: Set(saga.id.to_string()),
+                    branch_id: Set(b.id.0 as i32),
+                    participant: Set(b.participant.clone()),
+                    payload: Set(b.payload.to_string()),
+                    state: Set(state),
+                    attempt: Set(attempt),
+                    resend_at_ms: Set(resend_at),
+                    last_error: Set(None),
+                    updated_at_ms: Set(now),
+                }
+            })
+        })
+        .collect();
+    insert_rows(db, branches).await?;
+    let effects: Vec<(&Saga, &[Action])> = items.iter().map(|(_, saga, actions)| (*saga, *actions)).collect();
+    write_effects(db, routing, &effects, now).await
+}
+
+/// Appends the timeline entries and outbox rows of `items`: one INSERT for all events,
+/// one for all commands.
 async fn write_effects<C: ConnectionTrait>(
     db: &C,
     routing: &Routing,
-    saga: &Saga,
-    actions: &[Action],
+    items: &[(&Saga, &[Action])],
     now: i64,
 ) -> Result<(), Error> {
-    let events = event_rows(saga.id, actions, now);
-    if !events.is_empty() {
-        saga_event::Entity::insert_many(events)
-            .exec_without_returning(db)
-            .await?;
-    }
-    let rows = routing.outbox_rows(saga, actions, now);
-    if !rows.is_empty() {
-        outbox::Entity::insert_many(rows).exec_without_returning(db).await?;
-    }
-    Ok(())
+    let events: Vec<saga_event::ActiveModel> = items
+        .iter()
+        .flat_map(|(saga, actions)| event_rows(saga.id, actions, now))
+        .collect();
+    insert_rows(db, events).await?;
+    let rows: Vec<outbox::ActiveModel> = items
+        .iter()
+        .flat_map(|(saga, actions)| routing.outbox_rows(saga, actions, now))
+        .collect();
+    insert_rows(db, rows).await
 }
 
 /// Saves a transition if the saga is still at `version`. Returns whether it was saved.
@@ -223,44 +359,160 @@ pub async fn save<C: ConnectionTrait>(
     actions: &[Action],
     now: i64,
 ) -> Result<bool, Error> {
-    let id = after.id.to_string();
-    let finished = after.state.is_terminal() && !before.saga.state.is_terminal();
-    let mut update = saga::Entity::update_many()
-        .col_expr(saga::Column::State, Expr::value(after.state.as_str()))
-        .col_expr(saga::Column::Version, Expr::value(before.version + 1))
-        .col_expr(saga::Column::Stuck, Expr::value(after.stuck))
-        .col_expr(saga::Column::WakeAtMs, Expr::value(after.wake_at()))
-        .col_expr(saga::Column::UpdatedAtMs, Expr::value(now))
-        .col_expr(saga::Column::Reason, Expr::value(after.reason.clone()));
-    if finished {
-        update = update.col_expr(saga::Column::FinishedAtMs, Expr::value(now));
+    let saved = save_many(db, routing, &[(before, after, actions)], now).await?;
+    Ok(saved[0])
+}
+
+/// Saves transitions, each only if its saga is still at the version it was loaded
+/// at; returns, per item, whether it was saved. A refused item changes nothing: not
+/// its saga, nor its branches, nor its timeline or outbox.
+///
+/// The whole batch takes four statements (split only past [`MAX_PARAMS`]) instead of
+/// several per saga: one version-guarded `UPDATE sagas ... FROM (VALUES ..)` that
+/// returns the ids it updated, one `UPDATE branches ... FROM (VALUES ..)` for the
+/// changed branches of those sagas, then one INSERT for their timeline entries and
+/// one for their outbox rows. Statements, not rows, are what a batch pays for: a
+/// hand-off to sqlx's worker thread on SQLite, a round trip on PostgreSQL.
+///
+/// A saga named twice in `items` is saved in two rounds, in order, so the second
+/// item is checked against the version the first one wrote, as separate saves would.
+///
+/// On PostgreSQL, load the sagas with [`load_for_update`] first (the engine does): the
+/// UPDATE locks its rows in join order, not id order, so two unlocked batches naming
+/// the same sagas could deadlock; rows already locked in id order cannot.
+pub async fn save_many<C: ConnectionTrait>(
+    db: &C,
+    routing: &Routing,
+    items: &[(&Loaded, &Saga, &[Action])],
+    now: i64,
+) -> Result<Vec<bool>, Error> {
+    let mut saved = vec![false; items.len()];
+    let mut seen: HashMap<SagaId, usize> = HashMap::new();
+    let rounds: Vec<usize> = items
+        .iter()
+        .map(|(_, after, _)| {
+            let n = seen.entry(after.id).or_default();
+            *n += 1;
+            *n - 1
+        })
+        .collect();
+    let last = rounds.iter().copied().max().unwrap_or(0);
+    for round in 0..=last {
+        let picked: Vec<usize> = (0..items.len()).filter(|&i| rounds[i] == round).collect();
+        save_round(db, routing, items, &picked, now, &mut saved).await?;
     }
-    let result = update
-        .filter(saga::Column::Id.eq(id.clone()))
-        .filter(saga::Column::Version.eq(before.version))
-        .exec(db)
-        .await?;
-    if result.rows_affected == 0 {
-        return Ok(false);
+    Ok(saved)
+}
+
+/// Columns of the `VALUES` list of a saga update: name and PostgreSQL type.
+const SAGA_VALUES: [(&str, &str); 7] = [
+    ("v_id", "text"),
+    ("v_version", "bigint"),
+    ("v_state", "text"),
+    ("v_stuck", "boolean"),
+    ("v_wake_at_ms", "bigint"),
+    ("v_reason", "text"),
+    ("v_finished_at_ms", "bigint"),
+];
+
+/// Columns of the `VALUES` list of a branch update.
+const BRANCH_VALUES: [(&str, &str); 6] = [
+    ("v_saga_id", "text"),
+    ("v_branch_id", "integer"),
+    ("v_state", "text"),
+    ("v_attempt", "integer"),
+    ("v_resend_at_ms", "bigint"),
+    ("v_last_error", "text"),
+];
+
+/// [`save_many`] for items whose sagas are all distinct.
+async fn save_round<C: ConnectionTrait>(
+    db: &C,
+    routing: &Routing,
+    items: &[(&Loaded, &Saga, &[Action])],
+    picked: &[usize],
+    now: i64,
+    saved: &mut [bool],
+) -> Result<(), Error> {
+    if picked.is_empty() {
+        return Ok(());
     }
-    for (old, new) in before.saga.branches.iter().zip(&after.branches) {
-        if old == new {
-            continue;
+    let backend = db.get_database_backend();
+    // The `VALUES` columns are prefixed `v_` so that no name is ambiguous between
+    // the updated table and `v` (PostgreSQL's RETURNING sees both); `finished_at_ms`
+    // is NULL unless this transition finishes the saga, and then keeps its value.
+    let sagas: Vec<Vec<Value>> = picked
+        .iter()
+        .map(|&i| {
+            let (before, after, _) = items[i];
+            let finished = after.state.is_terminal() && !before.saga.state.is_terminal();
+            vec![
+                after.id.to_string().into(),
+                before.version.into(),
+                after.state.as_str().into(),
+                after.stuck.into(),
+                after.wake_at().into(),
+                after.reason.clone().into(),
+                finished.then_some(now).into(),
+            ]
+        })
+        .collect();
+    let mut updated: HashSet<String> = HashSet::with_capacity(picked.len());
+    for rows in statements(sagas, SAGA_VALUES.len()) {
+        let mut sql = Sql::with_values(backend, &SAGA_VALUES, rows);
+        sql.push(
+            "UPDATE sagas SET state = v.v_state, version = v.v_version + 1, stuck = v.v_stuck, \
+             wake_at_ms = v.v_wake_at_ms, reason = v.v_reason, \
+             finished_at_ms = COALESCE(v.v_finished_at_ms, finished_at_ms), updated_at_ms = ",
+        );
+        sql.bind(now.into(), "bigint");
+        sql.push(" FROM v WHERE sagas.id = v.v_id AND sagas.version = v.v_version RETURNING id");
+        for row in db.query_all_raw(sql.statement()).await? {
+            updated.insert(row.try_get_by_index::<String>(0)?);
         }
-        let (state, attempt, resend_at) = encode_branch(&new.state);
-        branch::Entity::update_many()
-            .col_expr(branch::Column::State, Expr::value(state))
-            .col_expr(branch::Column::Attempt, Expr::value(attempt))
-            .col_expr(branch::Column::ResendAtMs, Expr::value(resend_at))
-            .col_expr(branch::Column::LastError, Expr::value(new.last_error.clone()))
-            .col_expr(branch::Column::UpdatedAtMs, Expr::value(now))
-            .filter(branch::Column::SagaId.eq(id.clone()))
-            .filter(branch::Column::BranchId.eq(new.id.0 as i32))
-            .exec(db)
-            .await?;
     }
-    write_effects(db, routing, after, actions, now).await?;
-    Ok(true)
+    let mut done: Vec<usize> = Vec::with_capacity(picked.len());
+    for &i in picked {
+        if updated.contains(&items[i].1.id.to_string()) {
+            saved[i] = true;
+            done.push(i);
+        }
+    }
+    let branches: Vec<Vec<Value>> = done
+        .iter()
+        .flat_map(|&i| {
+            let (before, after, _) = items[i];
+            before
+                .saga
+                .branches
+                .iter()
+                .zip(&after.branches)
+                .filter(|(old, new)| old != new)
+                .map(move |(_, new)| {
+                    let (state, attempt, resend_at) = encode_branch(&new.state);
+                    vec![
+                        after.id.to_string().into(),
+                        (new.id.0 as i32).into(),
+                        state.into(),
+                        attempt.into(),
+                        resend_at.into(),
+                        new.last_error.clone().into(),
+                    ]
+                })
+        })
+        .collect();
+    for rows in statements(branches, BRANCH_VALUES.len()) {
+        let mut sql = Sql::with_values(backend, &BRANCH_VALUES, rows);
+        sql.push(
+            "UPDATE branches SET state = v.v_state, attempt = v.v_attempt, resend_at_ms = v.v_resend_at_ms, \
+             last_error = v.v_last_error, updated_at_ms = ",
+        );
+        sql.bind(now.into(), "bigint");
+        sql.push(" FROM v WHERE branches.saga_id = v.v_saga_id AND branches.branch_id = v.v_branch_id");
+        db.execute_raw(sql.statement()).await?;
+    }
+    let effects: Vec<(&Saga, &[Action])> = done.iter().map(|&i| (items[i].1, items[i].2)).collect();
+    write_effects(db, routing, &effects, now).await
 }
 
 /// Loads sagas by id; missing ids are absent from the map.
@@ -307,6 +559,20 @@ async fn load_inner<C: ConnectionTrait>(db: &C, ids: &[SagaId], lock: bool) -> R
         out.insert(loaded.saga.id, loaded);
     }
     Ok(out)
+}
+
+/// The state of one saga, `None` if there is no such saga: a single-column read,
+/// cheap enough to poll.
+pub async fn state_of<C: ConnectionTrait>(db: &C, id: SagaId) -> Result<Option<SagaState>, Error> {
+    let state: Option<String> = saga::Entity::find_by_id(id.to_string())
+        .select_only()
+        .column(saga::Column::State)
+        .into_tuple()
+        .one(db)
+        .await?;
+    state
+        .map(|s| SagaState::parse(&s).ok_or_else(|| Error::Corrupt(format!("saga state {s:?}"))))
+        .transpose()
 }
 
 /// Claims due sagas inside a write transaction: on PostgreSQL the rows are locked and
@@ -540,4 +806,12 @@ pub async fn outcomes<C: ConnectionTrait>(db: &C) -> Result<Vec<(SagaId, SagaSta
             ))
         })
         .collect()
+}
+
+/// How many sagas are not terminal (admission control's count).
+pub async fn count_unfinished<C: ConnectionTrait>(db: &C) -> Result<u64, Error> {
+    Ok(saga::Entity::find()
+        .filter(saga::Column::WakeAtMs.is_not_null())
+        .count(db)
+        .await?)
 }

@@ -30,6 +30,26 @@
 //!
 //! `Retryable` from business code and database errors record nothing: the savepoint is
 //! rolled back and the caller requeues the delivery.
+//!
+//! ## Round trips
+//!
+//! Each statement and each savepoint operation is a round trip to the database (with
+//! sqlx's SQLite, a hand-off to its worker thread and back), so the barrier spends as
+//! few as its guarantees allow. On the success path, with the reference participants:
+//!
+//! | operation | SQLite | PostgreSQL |
+//! |---|---|---|
+//! | try | `SAVEPOINT`, claim, business (2), `RELEASE`: 5 | + nested `SAVEPOINT` / `RELEASE`: 7 |
+//! | confirm | `SAVEPOINT`, claim, one SELECT of the try and cancel rows, business (2), `RELEASE`: 6 | + nested savepoint, + a second SELECT: 9 |
+//! | cancel | as confirm, + the try placeholder: 7 | 10 |
+//!
+//! The two backends differ where concurrency needs it (see `Writers`). SQLite has one
+//! writer: business code runs directly in the command's savepoint, and a refusal rolls
+//! the savepoint back and records itself in a fresh one (`record_refusal`); confirm and
+//! cancel read both rows they decide on in one SELECT. PostgreSQL keeps the nested
+//! business savepoint, so a refusal never gives up the claim (`run_business`), and
+//! reads the opposite operation's row only after it holds the try row's lock
+//! (`decisive_rows`).
 
 use super::{BranchRef, BusinessError, Participant, now_ms};
 use crate::Error;
@@ -37,8 +57,8 @@ use kessai_messages::payment::BranchPayload;
 use kessai_messages::{Body, BranchId, Envelope, Operation, Outcome, SagaId};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
 
 /// The `barriers` table (see `kessai_migrations::participants`).
@@ -223,6 +243,32 @@ enum Decision {
     /// Roll it back: answer without recording anything (a protocol anomaly the
     /// coordinator will resolve by resending).
     Discard(Outcome),
+    /// Business code refused, possibly after writing, in the command's own savepoint
+    /// ([`Writers::One`]): roll it back, which undoes the claim with the partial writes,
+    /// then record the refusal in a fresh savepoint (`record_refusal`).
+    Undo(String),
+}
+
+/// What the barrier may assume about other transactions writing while a command runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Writers {
+    /// SQLite: one writer at a time. A command's first statement is its claim, a write,
+    /// and from then on its transaction holds the database's write lock until it
+    /// commits: no other transaction can insert, change or lock a barrier row (or a
+    /// ledger row) before this command is done.
+    One,
+    /// PostgreSQL: concurrent transactions at READ COMMITTED, a fresh snapshot per
+    /// statement. Rows are serialised only by what the barrier claims and locks.
+    Many,
+}
+
+impl Writers {
+    fn of(txn: &DatabaseTransaction) -> Self {
+        match txn.get_database_backend() {
+            DbBackend::Sqlite => Writers::One,
+            _ => Writers::Many,
+        }
+    }
 }
 
 /// [`handle_command`] for an already prepared command.
@@ -231,23 +277,62 @@ pub(crate) async fn execute<P: Participant>(
     txn: &DatabaseTransaction,
     command: &PreparedCommand<P::Payload>,
 ) -> Result<Outcome, CommandFailure> {
-    let savepoint = txn.begin().await.map_err(|e| CommandFailure {
+    let savepoint = open_savepoint(txn).await?;
+    match apply(participant, &savepoint, command).await {
+        Ok(Decision::Record(outcome)) => finish(savepoint.commit().await, Ok(outcome)),
+        Ok(Decision::Discard(outcome)) => finish(savepoint.rollback().await, Ok(outcome)),
+        Ok(Decision::Undo(reason)) => {
+            finish(savepoint.rollback().await, Ok(()))?;
+            record_refusal(txn, command, &reason).await
+        }
+        Err(error) => finish(savepoint.rollback().await, Err(error)),
+    }
+}
+
+async fn open_savepoint(txn: &DatabaseTransaction) -> Result<DatabaseTransaction, CommandFailure> {
+    txn.begin().await.map_err(|e| CommandFailure {
         error: e.into(),
         poisoned: true,
-    })?;
-    let result = apply(participant, &savepoint, command).await;
-    let (finish, answer) = match result {
-        Ok(Decision::Record(outcome)) => (savepoint.commit().await, Ok(outcome)),
-        Ok(Decision::Discard(outcome)) => (savepoint.rollback().await, Ok(outcome)),
-        Err(error) => (savepoint.rollback().await, Err(error)),
-    };
-    match (finish, answer) {
-        (Ok(()), Ok(outcome)) => Ok(outcome),
+    })
+}
+
+/// Combines how a savepoint ended with the command's answer: a savepoint that could
+/// not be released or rolled back poisons the batch whatever the answer was.
+fn finish<T>(ended: Result<(), DbErr>, answer: Result<T, Error>) -> Result<T, CommandFailure> {
+    match (ended, answer) {
+        (Ok(()), Ok(value)) => Ok(value),
         (Ok(()), Err(error)) => Err(CommandFailure { error, poisoned: false }),
         (Err(e), _) => Err(CommandFailure {
             error: e.into(),
             poisoned: true,
         }),
+    }
+}
+
+/// Records business code's refusal after [`Decision::Undo`] rolled back the command's
+/// savepoint, claim included.
+///
+/// Why claim again instead of keeping the first claim: business code ran in the
+/// command's own savepoint (no nested one, two round trips fewer on every command), so
+/// undoing its partial writes undoes the claim with them. The new claim carries the
+/// refusal. If it finds a row after all, that row is the answer: every delivery of a
+/// command must get the one stored answer, so it is replayed rather than overwritten
+/// (with one writer nothing can get in between; the rule holds unconditionally anyway).
+async fn record_refusal<T>(
+    txn: &DatabaseTransaction,
+    command: &PreparedCommand<T>,
+    reason: &str,
+) -> Result<Outcome, CommandFailure> {
+    let (branch, op) = (&command.branch, command.operation);
+    let savepoint = open_savepoint(txn).await?;
+    let result = match claim(&savepoint, branch, op, OUTCOME_REJECTED, Some(reason)).await {
+        Ok(true) => Ok(Outcome::rejected(reason)),
+        Ok(false) => replay(&savepoint, branch, op).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(outcome) => finish(savepoint.commit().await, Ok(outcome)),
+        Err(error) => finish(savepoint.rollback().await, Err(error)),
     }
 }
 
@@ -257,20 +342,16 @@ async fn apply<P: Participant>(
     command: &PreparedCommand<P::Payload>,
 ) -> Result<Decision, Error> {
     let branch = &command.branch;
-    let payload = &command.payload;
     let op = command.operation;
     if !claim(txn, branch, op, OUTCOME_OK, None).await? {
         return replay(txn, branch, op).await.map(Decision::Record);
     }
+    let writers = Writers::of(txn);
     match op {
-        Operation::Try => {
-            let savepoint = txn.begin().await?;
-            let result = participant.try_(&savepoint, branch, payload).await;
-            let result = end_business(savepoint, result).await;
-            settle(txn, branch, op, participant.name(), result).await
-        }
+        Operation::Try => {}
         Operation::Confirm => {
-            match find(txn, branch, Operation::Try, true).await? {
+            let rows = decisive_rows(txn, branch, Operation::Cancel, writers).await?;
+            match &rows.tried {
                 None => {
                     return Ok(Decision::Discard(Outcome::retryable(
                         "confirm arrived before any try of this branch",
@@ -283,15 +364,9 @@ async fn apply<P: Participant>(
                 }
                 Some(_) => {}
             }
-            if let Some(cancel) = find(txn, branch, Operation::Cancel, false).await?
-                && cancel.outcome == OUTCOME_OK
-            {
+            if rows.opposite_took_place() {
                 return refuse(txn, branch, op, ALREADY_CANCELLED).await;
             }
-            let savepoint = txn.begin().await?;
-            let result = participant.confirm(&savepoint, branch, payload).await;
-            let result = end_business(savepoint, result).await;
-            settle(txn, branch, op, participant.name(), result).await
         }
         Operation::Cancel => {
             // The try placeholder: if no try ran, this both makes the cancel empty and
@@ -301,23 +376,136 @@ async fn apply<P: Participant>(
                 note(txn, branch, op, EMPTY_CANCEL).await?;
                 return Ok(Decision::Record(Outcome::Ok));
             }
-            let Some(tried) = find(txn, branch, Operation::Try, true).await? else {
+            let rows = decisive_rows(txn, branch, Operation::Confirm, writers).await?;
+            let Some(tried) = &rows.tried else {
                 return Err(Error::Retryable("try row vanished during cancel".into()));
             };
             if tried.outcome != OUTCOME_OK {
                 note(txn, branch, op, CANCEL_AFTER_REJECTED_TRY).await?;
                 return Ok(Decision::Record(Outcome::Ok));
             }
-            if let Some(confirm) = find(txn, branch, Operation::Confirm, false).await?
-                && confirm.outcome == OUTCOME_OK
-            {
+            if rows.opposite_took_place() {
                 return refuse(txn, branch, op, ALREADY_CONFIRMED).await;
             }
-            let savepoint = txn.begin().await?;
-            let result = participant.cancel(&savepoint, branch, payload).await;
-            let result = end_business(savepoint, result).await;
-            settle(txn, branch, op, participant.name(), result).await
         }
+    }
+    run_business(participant, txn, command, writers).await
+}
+
+/// The barrier rows a confirm or cancel decides on.
+struct DecisiveRows {
+    /// The try's row, locked on PostgreSQL.
+    tried: Option<entity::Model>,
+    /// The opposite operation's row (cancel for a confirm, confirm for a cancel). Read
+    /// only when the try took effect: otherwise it does not matter.
+    opposite: Option<entity::Model>,
+}
+
+impl DecisiveRows {
+    fn opposite_took_place(&self) -> bool {
+        self.opposite.as_ref().is_some_and(|row| row.outcome == OUTCOME_OK)
+    }
+}
+
+/// Reads the try row and the `opposite` operation's row of `branch`.
+///
+/// With [`Writers::One`], one SELECT of both: nothing can change between it and the
+/// end of the command.
+///
+/// With [`Writers::Many`], two statements, and the order matters: first lock the try
+/// row (`FOR UPDATE`), which is what makes confirm and cancel of one branch exclusive,
+/// then read the opposite row in a statement of its own. The opposite operation
+/// inserts its row *before* locking the try row and commits it while holding that
+/// lock. A single `SELECT .. FOR UPDATE` of both rows would take its snapshot before
+/// waiting for (or just missing) that lock; when it gets the lock, READ COMMITTED
+/// re-reads only the locked row, not rows committed since its snapshot, so it would not
+/// see the opposite row and both operations could take effect. The second statement
+/// gets a snapshot taken after the lock.
+async fn decisive_rows(
+    txn: &DatabaseTransaction,
+    branch: &BranchRef,
+    opposite: Operation,
+    writers: Writers,
+) -> Result<DecisiveRows, Error> {
+    match writers {
+        Writers::One => {
+            let operations = [Operation::Try.as_str(), opposite.as_str()];
+            let rows = entity::Entity::find()
+                .filter(entity::Column::SagaId.eq(branch.saga_key()))
+                .filter(entity::Column::BranchId.eq(branch.branch_key()))
+                .filter(entity::Column::Operation.is_in(operations))
+                .all(txn)
+                .await?;
+            let (tried, others): (Vec<_>, Vec<_>) = rows
+                .into_iter()
+                .partition(|row| row.operation == Operation::Try.as_str());
+            let tried = tried.into_iter().next();
+            let opposite = match &tried {
+                Some(t) if t.outcome == OUTCOME_OK => others.into_iter().next(),
+                _ => None,
+            };
+            Ok(DecisiveRows { tried, opposite })
+        }
+        Writers::Many => {
+            let tried = find(txn, branch, Operation::Try, true).await?;
+            let opposite = match &tried {
+                Some(t) if t.outcome == OUTCOME_OK => find(txn, branch, opposite, false).await?,
+                _ => None,
+            };
+            Ok(DecisiveRows { tried, opposite })
+        }
+    }
+}
+
+/// Runs business code and turns its result into the command's decision.
+///
+/// With [`Writers::One`], directly in the command's savepoint; a refusal becomes
+/// [`Decision::Undo`].
+///
+/// With [`Writers::Many`], in a nested savepoint, so that a refusal rolls back the
+/// business writes but keeps the claim. Giving the claim up (as `Undo` does) would let
+/// a duplicate of this command waiting on it in another transaction through; that
+/// duplicate's business code would then wait for ledger rows this transaction locked in
+/// earlier commands of its batch, while the claim of the refusal waits for the
+/// duplicate: a lock cycle (a `deadlock_timeout` stall and an abandoned batch) that
+/// holding the claim rules out.
+async fn run_business<P: Participant>(
+    participant: &P,
+    txn: &DatabaseTransaction,
+    command: &PreparedCommand<P::Payload>,
+    writers: Writers,
+) -> Result<Decision, Error> {
+    match writers {
+        Writers::One => match invoke(participant, txn, command).await {
+            Ok(()) => Ok(Decision::Record(Outcome::Ok)),
+            Err(BusinessError::Rejected(reason)) => Ok(Decision::Undo(refusal_reason(reason, participant.name()))),
+            Err(BusinessError::Retryable(reason)) => Err(Error::Retryable(reason)),
+            Err(BusinessError::Db(e)) => Err(Error::Db(e)),
+        },
+        Writers::Many => {
+            let savepoint = txn.begin().await?;
+            let result = invoke(participant, &savepoint, command).await;
+            match end_business(savepoint, result).await? {
+                None => Ok(Decision::Record(Outcome::Ok)),
+                Some(reason) => {
+                    let reason = refusal_reason(reason, participant.name());
+                    refuse(txn, &command.branch, command.operation, &reason).await
+                }
+            }
+        }
+    }
+}
+
+async fn invoke<P: Participant>(
+    participant: &P,
+    txn: &DatabaseTransaction,
+    command: &PreparedCommand<P::Payload>,
+) -> Result<(), BusinessError> {
+    let (branch, payload) = (&command.branch, &command.payload);
+    match command.operation {
+        Operation::Try => participant.try_(txn, branch, payload).await,
+        Operation::Confirm => participant.confirm(txn, branch, payload).await,
+        Operation::Cancel => participant.cancel(txn, branch, payload).await,
     }
 }
 
@@ -349,25 +537,12 @@ async fn end_business(
     }
 }
 
-/// Turns the business result into the recorded answer.
-async fn settle(
-    txn: &DatabaseTransaction,
-    branch: &BranchRef,
-    op: Operation,
-    participant: &str,
-    refusal: Result<Option<String>, Error>,
-) -> Result<Decision, Error> {
-    match refusal? {
-        None => Ok(Decision::Record(Outcome::Ok)),
-        Some(reason) => {
-            // A refusal reaches the coordinator's timeline; never send it blank.
-            let reason = if reason.trim().is_empty() {
-                format!("rejected by {participant}")
-            } else {
-                reason
-            };
-            refuse(txn, branch, op, &reason).await
-        }
+/// A refusal reaches the coordinator's timeline; never send it blank.
+fn refusal_reason(reason: String, participant: &str) -> String {
+    if reason.trim().is_empty() {
+        format!("rejected by {participant}")
+    } else {
+        reason
     }
 }
 
@@ -428,7 +603,9 @@ async fn update(
         reason: Set(reason.map(str::to_owned)),
         ..Default::default()
     };
-    entity::Entity::update(row).exec(txn).await?;
+    // Without RETURNING: one statement on every backend (reading the row back would
+    // be a second one where sea-orm does not use RETURNING).
+    entity::Entity::update(row).exec_without_returning(txn).await?;
     Ok(())
 }
 

@@ -438,6 +438,8 @@ impl<P: Participant> ParticipantRuntime<P> {
             let message = OutgoingMessage {
                 payload: reply.encode(),
                 headers,
+                // A reply never goes stale: the coordinator needs every answer.
+                expires_in: None,
             };
             let reply_to = p.envelope.as_command().map(|c| c.reply_to.clone()).unwrap_or_default();
             by_queue
