@@ -82,17 +82,7 @@ pub(crate) async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
 
 /// The children's shared config: the user's broker and server, this run's names.
 fn child_config(base: &Config, opts: &BenchOptions, run_id: &str) -> Config {
-    let mut config = base.clone();
-    config.queue_prefix = format!("kessai-bench-{run_id}");
-    config.transport.kind = opts.transport;
-    config.store.kind = StoreKind::Postgres;
-    config.store.database_prefix = format!("kessai_bench_{run_id}");
-    config.participant.seed_demo = true;
-    // As the PostgreSQL demo: several workers, one command per transaction.
-    config.participant.workers = config.participant.workers.max(8);
-    config.participant.batch_size = 1;
-    config.coordinator.reply_workers = config.coordinator.reply_workers.max(4);
-    config
+    crate::chaos::processes::deployment_config(base, "bench", opts.transport, run_id)
 }
 
 fn database_name(config: &Config, service: &str) -> String {

@@ -24,7 +24,7 @@ use super::{
     Workspace, assess, broker, client_seed, quiescence_bound, quiescence_check, set_resends,
 };
 use crate::config::Config;
-use crate::demo::StoreKind;
+use crate::demo::{StoreKind, TransportKind};
 use crate::fault_control::FaultStatus;
 use crate::invariants::{Check, Resubmission};
 use crate::stack::service_queues;
@@ -247,16 +247,7 @@ pub(super) async fn run(opts: ChaosOptions) -> anyhow::Result<ChaosReport> {
 /// The configuration every child shares: the user's broker and database settings,
 /// with this run's names, PostgreSQL, demo data, brisk resends and the faults.
 fn child_config(opts: &ChaosOptions, run_id: &str) -> Config {
-    let mut config = opts.config.clone();
-    config.queue_prefix = format!("kessai-chaos-{run_id}");
-    config.transport.kind = opts.transport;
-    config.store.kind = StoreKind::Postgres;
-    config.store.database_prefix = format!("kessai_chaos_{run_id}");
-    config.participant.seed_demo = true;
-    // As the PostgreSQL demo: several workers, one command per transaction.
-    config.participant.workers = config.participant.workers.max(8);
-    config.participant.batch_size = 1;
-    config.coordinator.reply_workers = config.coordinator.reply_workers.max(4);
+    let mut config = deployment_config(&opts.config, "chaos", opts.transport, run_id);
     set_resends(&mut config.coordinator, opts.transport, false);
     let f = opts.fault_config();
     config.faults.drop = f.drop;
@@ -265,6 +256,23 @@ fn child_config(opts: &ChaosOptions, run_id: &str) -> Config {
     config.faults.delay_max_ms = Some((f.delay_max.as_millis() as u64).max(1));
     config.faults.reorder = f.reorder;
     config.faults.seed = f.seed;
+    config
+}
+
+/// What every child of a multi-process run (chaos, bench) shares: the user's broker
+/// and database server, with this run's queue and database names (`kessai-<what>-<run>`,
+/// `kessai_<what>_<run>_*`), PostgreSQL and the demo data.
+pub(crate) fn deployment_config(base: &Config, what: &str, transport: TransportKind, run_id: &str) -> Config {
+    let mut config = base.clone();
+    config.queue_prefix = format!("kessai-{what}-{run_id}");
+    config.transport.kind = transport;
+    config.store.kind = StoreKind::Postgres;
+    config.store.database_prefix = format!("kessai_{what}_{run_id}");
+    config.participant.seed_demo = true;
+    // As the PostgreSQL demo: several workers, one command per transaction.
+    config.participant.workers = config.participant.workers.max(8);
+    config.participant.batch_size = 1;
+    config.coordinator.reply_workers = config.coordinator.reply_workers.max(4);
     config
 }
 
