@@ -342,7 +342,7 @@ async fn in_process(run: &RunStack, opts: &BenchOptions) -> anyhow::Result<Bench
 
     // Every accepted saga has finished (the clients waited for each); let in-flight
     // duplicates drain so the books are final, then check them.
-    let resubmissions = resubmit(&*coordinator, &records, &first).await?;
+    let resubmissions = resubmit(&*coordinator, &first).await?;
     crate::demo::wait_quiet(&run.stack).await;
     let acknowledged: Vec<SagaId> = records.iter().filter_map(|r| r.saga).collect();
     let db = run.stack.coordinator().db();
@@ -499,15 +499,10 @@ pub(crate) async fn load(
 
 /// Submits acknowledged payments again: each must name its first saga and create
 /// nothing (no lost submission, idempotency).
-pub(crate) async fn resubmit(
-    target: &dyn Target,
-    records: &[Record],
-    payments: &FirstPayments,
-) -> anyhow::Result<Vec<Resubmission>> {
+pub(crate) async fn resubmit(target: &dyn Target, payments: &FirstPayments) -> anyhow::Result<Vec<Resubmission>> {
     let mut out = Vec::new();
     let kept = payments.lock().expect("first payments lock").clone();
     for (payment, first) in kept {
-        debug_assert!(records.iter().any(|r| r.saga == Some(first)));
         let again = target
             .submit(&payment)
             .await?

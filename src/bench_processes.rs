@@ -298,7 +298,7 @@ async fn measure(
     let target: Arc<dyn Target> = Arc::new(Http { client, base });
     let first = Arc::new(FirstPayments::default());
     let (records, window) = crate::bench::load(target.clone(), opts, run_id, &probe, &first).await?;
-    let resubmissions = crate::bench::resubmit(&*target, &records, &first).await?;
+    let resubmissions = crate::bench::resubmit(&*target, &first).await?;
 
     // Quiet: nothing left in the outbox or the queues, then the books are final.
     let coordinator_db = &probe
