@@ -147,7 +147,8 @@ impl Admission {
     /// enough work to keep them busy: it follows any rise at once, but falls only when
     /// the sample was taken near the bound. An idle spell therefore does not shrink the
     /// bound, and a burst after it is admitted as far as the last measured capacity
-    /// allows. Until anything has finished, the bound is `min`.
+    /// allows; nor does a stall in which nothing finishes (a broker outage). Until
+    /// anything has finished, the bound is `min`.
     pub fn resync(&self, unfinished_in_db: u64) {
         let busy = unfinished_in_db.max(self.unfinished.load(Ordering::Acquire)) * 2 >= self.bound();
         self.unfinished.store(unfinished_in_db, Ordering::Release);
@@ -159,7 +160,11 @@ impl Admission {
             let old = self.rate_milli.load(Ordering::Relaxed) as f64 / 1000.0;
             let next = if rate > old {
                 rate
-            } else if busy {
+            } else if busy && rate > 0.0 {
+                // Some finished, fewer than before, with work waiting: capacity fell.
+                // None finished at all is a stall (broker or database away), not a
+                // measure of capacity: shrinking the bound then would only refuse the
+                // work that recovery can take.
                 0.7 * old + 0.3 * rate
             } else {
                 old
@@ -250,7 +255,7 @@ mod tests {
     }
 
     #[test]
-    fn an_idle_spell_keeps_the_bound_and_a_busy_slow_one_lowers_it() {
+    fn idle_and_stalled_spells_keep_the_bound_and_a_busy_slow_one_lowers_it() {
         let a = Admission::new(AdmissionLimit::Adaptive {
             window: Duration::from_secs(1),
             min: 1_000,
@@ -265,8 +270,13 @@ mod tests {
         std::thread::sleep(Duration::from_millis(100));
         a.resync(0);
         assert_eq!(a.bound(), measured);
-        // Nothing finished while the bound was full: capacity fell, so does the bound.
+        // Nothing finished at all while the bound was full: a stall, not capacity.
         std::thread::sleep(Duration::from_millis(100));
+        a.resync(measured);
+        assert_eq!(a.bound(), measured);
+        // A few finished while the bound was full: capacity fell, so does the bound.
+        std::thread::sleep(Duration::from_millis(100));
+        a.finished(5);
         a.resync(measured);
         assert!(a.bound() < measured, "bound {} after {measured}", a.bound());
         assert!(a.bound() >= MIN_MEASURED);
