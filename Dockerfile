@@ -1,17 +1,21 @@
 # syntax=docker/dockerfile:1
 #
 # One image for every kessai service: the entrypoint is the `kessai` binary, the
-# command picks the role (`coordinator`, `participant <name>`, `demo`, ...).
-# Configuration comes from KESSAI_* environment variables (see src/config.rs) or a
+# command picks the role (`coordinator`, `participant <name>`). The image is built
+# without the demo / bench / chaos harness; `--build-arg KESSAI_FEATURES=harness,amqp,sqs`
+# puts it back.
+# Configuration comes from KESSAI_* environment variables (see service/src/config.rs) or a
 # TOML file passed with --config.
 #
 #   docker build -t kessai .
 #   docker run --rm kessai --help
 
 ARG RUST_VERSION=1.95
+ARG KESSAI_FEATURES=amqp,sqs
 
 # ---- build ---------------------------------------------------------------------------
 FROM rust:${RUST_VERSION}-bookworm AS builder
+ARG KESSAI_FEATURES
 WORKDIR /src
 COPY . .
 # The cache mounts keep the crates.io downloads and target/ between builds (BuildKit);
@@ -19,7 +23,7 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin kessai \
+    cargo build --release --locked --bin kessai --no-default-features --features "${KESSAI_FEATURES}" \
     && install -D -m 0755 target/release/kessai /out/kessai
 
 # ---- run -----------------------------------------------------------------------------

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = kessai::cli::Cli::parse();
-    kessai::telemetry::init_logging_for(cli.command.is_service());
+    kessai_service::telemetry::init_logging_for(cli.command.is_service());
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

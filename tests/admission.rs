@@ -2,25 +2,19 @@
 //! small, submissions beyond the bound get 429 with `Retry-After` and leave no row;
 //! once the participant is back, every admitted saga confirms and new work is taken.
 
-use kessai::stack::{DatabaseUrls, EmbeddedStack, StackConfig};
-use kessai_coordinator::{AdmissionLimit, CoordinatorConfig, SagaState, SystemClock};
-use kessai_messages::{Currency, Payment};
-use kessai_participants::{ReferenceParticipant, RuntimeConfig};
+use kessai_coordinator::{AdmissionLimit, CoordinatorConfig, SagaState};
+use kessai_harness::stack::{EmbeddedStack, StackConfig};
+use kessai_messages::Payment;
 use kessai_transport::MemoryTransport;
 use std::sync::Arc;
 use std::time::Duration;
 
 const BOUND: u64 = 5;
 
+mod common;
+
 fn payment(i: usize) -> Payment {
-    Payment {
-        payment_id: format!("adm-{i}"),
-        account_id: format!("acct-{}", 1 + i),
-        card_id: format!("card-{}", 1 + i),
-        amount: 1_000 + i as i64,
-        currency: Currency::new("EUR").unwrap(),
-        settlement_account: "settlement-main".into(),
-    }
+    common::payment(format!("adm-{i}"), 1 + i, 1 + i, 1_000 + i as i64, false)
 }
 
 async fn post(http: &reqwest::Client, base: &str, p: &Payment) -> reqwest::Response {
@@ -35,22 +29,18 @@ async fn beyond_the_bound_submissions_get_429_and_leave_nothing_then_admitted_sa
         ..CoordinatorConfig::default()
     };
     let config = StackConfig {
-        urls: DatabaseUrls::sqlite(dir.path()),
         coordinator,
-        participant: RuntimeConfig::default(),
-        clock: Arc::new(SystemClock),
-        max_connections: 1,
-        statements: None,
+        ..StackConfig::sqlite(dir.path())
     };
     let mut stack = EmbeddedStack::start(config, Arc::new(MemoryTransport::new()))
         .await
         .unwrap();
     // The bank stops consuming: every saga stays in its try phase.
-    stack.kill_participant(ReferenceParticipant::Bank).await;
+    stack.kill_participant("bank").await;
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let router = kessai::http::router(stack.coordinator().clone());
+    let router = kessai_service::http::router(stack.coordinator().clone());
     let server = tokio::spawn(async move { axum::serve(listener, router).await });
     let http = reqwest::Client::new();
 
@@ -101,7 +91,7 @@ async fn beyond_the_bound_submissions_get_429_and_leave_nothing_then_admitted_sa
     assert_eq!(stack.coordinator().admission().refused(), 5);
 
     // The bank resumes: every admitted saga confirms.
-    stack.restart_participant(ReferenceParticipant::Bank).await.unwrap();
+    stack.restart_participant("bank").await.unwrap();
     for id in &admitted {
         let state = stack.coordinator().wait(*id, Duration::from_secs(30)).await.unwrap();
         assert_eq!(state, Some(SagaState::Confirmed), "saga {id}");
@@ -115,7 +105,7 @@ async fn beyond_the_bound_submissions_get_429_and_leave_nothing_then_admitted_sa
     assert_eq!(state, Some(SagaState::Confirmed));
 
     server.abort();
-    let report = kessai::demo::check(&stack, &[admitted.clone(), vec![late]].concat(), &[])
+    let report = kessai_harness::demo::check(&stack, &[admitted.clone(), vec![late]].concat(), &[])
         .await
         .unwrap();
     assert!(report.ok(), "{report:#?}");

@@ -7,33 +7,32 @@
 //! - **Broker outage** (RabbitMQ + PostgreSQL): the embedded stack, each service on a
 //!   fresh database of its own, under 16 concurrent clients; RabbitMQ is stopped
 //!   (`rabbitmqctl stop_app`) for ~5 s with sagas in flight and started again. No
-//!   service is restarted; every saga must end terminal and SPEC §4 must hold.
+//!   service is restarted; every saga must end terminal and the invariants must hold.
 //!
-//! Services follow the suite's rule (`kessai_transport::testing`): reachable → run;
+//! Services follow the suite's rule (`kessai_testkit`): reachable → run;
 //! unreachable → skip with a note, unless `KESSAI_REQUIRE_SERVICES=1`, which makes it
 //! a failure. RabbitMQ tests hold the broker lock shared; the outage test holds it
 //! exclusively and starts the broker again from a drop guard, also when it fails.
 //! Every test uses its own queue prefix (and databases) and removes them afterwards.
 
 use futures::FutureExt;
-use kessai::demo::check;
-use kessai::invariants::Resubmission;
-use kessai::stack::{DatabaseUrls, EmbeddedStack, StackConfig};
 use kessai_coordinator::machine::Backoff;
 use kessai_coordinator::{Coordinator, CoordinatorConfig, Policy, SagaState, SystemClock};
+use kessai_harness::demo::check;
+use kessai_harness::invariants::Resubmission;
+use kessai_harness::stack::{DatabaseUrls, EmbeddedStack, StackConfig, service_names, service_queues};
 use kessai_messages::payment::{BALANCE, DEFAULT_SETTLEMENT_ACCOUNT};
 use kessai_messages::{BranchId, Command, Currency, Envelope, Operation, Outcome, Payment, Reply, SagaId};
 use kessai_migrations::Service;
 use kessai_participants::ledger::{DEMO_ACCOUNTS, FROZEN_SETTLEMENT_ACCOUNT, demo_account_id, demo_card_id};
-use kessai_participants::{ReferenceParticipant, RuntimeConfig};
-use kessai_transport::testing::{self, BrokerLock, RabbitOutage, broker_lock, rabbitmqctl};
+use kessai_participants::{BalanceParticipant, ParticipantRuntime, Registry, RuntimeConfig, database_name};
+use kessai_testkit::{self as testing, BrokerLock, RabbitOutage, broker_lock, rabbitmqctl};
 use kessai_transport::{
     AmqpConfig, AmqpTransport, ConsumeOptions, Consumer, DEAD_LETTER_REASON, DEAD_LETTER_SOURCE, Delivery,
     OutgoingMessage, SqsConfig, SqsTransport, Topology, Transport, dead_letter_queue,
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::process::Command as Process;
@@ -63,7 +62,7 @@ struct Real {
 }
 
 fn unique(prefix: &str) -> String {
-    format!("{prefix}{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+    kessai_testkit::unique_name(prefix)
 }
 
 /// The broker, or `None` (with a note) to skip. Fails instead of skipping when
@@ -124,10 +123,8 @@ fn amqp_config(url: &str) -> AmqpConfig {
 
 /// Every queue of a stack under `topology`, with their dead-letter queues.
 fn stack_queues(topology: &Topology) -> Vec<String> {
-    ReferenceParticipant::ALL
-        .iter()
-        .map(|p| topology.command_queue(p.name()))
-        .chain([topology.reply_queue()])
+    service_queues(topology, &Registry::reference())
+        .into_iter()
         .flat_map(|q| [dead_letter_queue(&q), q])
         .collect()
 }
@@ -286,20 +283,7 @@ async fn expect_dead_letters(transport: &Arc<dyn Transport>, queue: &str, expect
 
 /// An embedded stack on SQLite in `dir`, over `real`'s transport and queue prefix.
 fn sqlite_stack_config(dir: &std::path::Path, topology: &Topology) -> StackConfig {
-    StackConfig {
-        urls: DatabaseUrls::sqlite(dir),
-        coordinator: CoordinatorConfig {
-            topology: topology.clone(),
-            ..CoordinatorConfig::default()
-        },
-        participant: RuntimeConfig {
-            topology: topology.clone(),
-            ..RuntimeConfig::default()
-        },
-        clock: Arc::new(SystemClock),
-        max_connections: 1,
-        statements: None,
-    }
+    StackConfig::sqlite(dir).with_topology(topology)
 }
 
 /// Graceful stop, bounded: every task must end, and end well.
@@ -332,7 +316,7 @@ async fn participant_dead_letters_poison_and_keeps_serving(broker: Broker) {
         let db = kessai_migrations::open(&url, Service::Balance, 1)
             .await
             .expect("open and migrate");
-        ReferenceParticipant::Balance.seed_demo(&db).await.expect("seed");
+        BalanceParticipant::seed_demo(&db).await.expect("seed");
         let config = RuntimeConfig {
             topology: real.topology.clone(),
             ..RuntimeConfig::default()
@@ -344,8 +328,10 @@ async fn participant_dead_letters_poison_and_keeps_serving(broker: Broker) {
             .await
             .expect("declare the reply queue");
         let cancel = CancellationToken::new();
-        let runtime =
-            tokio::spawn(ReferenceParticipant::Balance.run(db.clone(), real.transport.clone(), config, cancel.clone()));
+        let runtime = tokio::spawn(
+            ParticipantRuntime::with_config(BalanceParticipant, db.clone(), real.transport.clone(), config)
+                .run(cancel.clone()),
+        );
 
         let garbage: &[u8] = b"\xff\xfe this is not an envelope";
         let foreign = Envelope::command(
@@ -505,7 +491,7 @@ const CLIENTS: usize = 16;
 const BEFORE_OUTAGE: Duration = Duration::from_secs(4);
 const OUTAGE: Duration = Duration::from_secs(5);
 const AFTER_OUTAGE: Duration = Duration::from_secs(4);
-/// Bound on "every saga terminal" once the broker is back (SPEC §4.4).
+/// Bound on "every saga terminal" once the broker is back (docs/GUARANTEES.md#liveness).
 const LIVENESS_BOUND: Duration = Duration::from_secs(120);
 
 /// What the clients saw.
@@ -558,7 +544,7 @@ async fn unfinished(coordinator: &Coordinator) -> u64 {
 async fn sagas_in_flight_survive_a_rabbitmq_outage_over_postgres() {
     // `RUST_LOG=warn cargo test --test brokers -- --nocapture` shows the services' logs.
     if std::env::var_os("RUST_LOG").is_some() {
-        kessai::telemetry::init_logging();
+        kessai_service::telemetry::init_logging();
     }
     let url = testing::amqp_url();
     if !testing::require_service("RabbitMQ", &testing::host_port(&url, 5672)) {
@@ -586,10 +572,8 @@ async fn sagas_in_flight_survive_a_rabbitmq_outage_over_postgres() {
         _lock: Some(lock),
     };
     let db_prefix = unique("kessai_it_");
-    let database = |service: &str| format!("{db_prefix}_{}", service.replace('-', "_"));
-    let services: Vec<&'static str> = std::iter::once("coordinator")
-        .chain(ReferenceParticipant::ALL.iter().map(|p| p.name()))
-        .collect();
+    let database = |service: &str| database_name(&db_prefix, service);
+    let services = service_names(&Registry::reference());
     for s in &services {
         kessai_migrations::ensure_postgres_database(&server, &database(s))
             .await
@@ -610,13 +594,8 @@ async fn sagas_in_flight_survive_a_rabbitmq_outage_over_postgres() {
 async fn outage_run(real: &Real, server: &str, database: &dyn Fn(&str) -> String) {
     let db_url = |service: &str| kessai_migrations::postgres_database_url(server, &database(service));
     let config = StackConfig {
-        urls: DatabaseUrls {
-            coordinator: db_url("coordinator"),
-            participants: ReferenceParticipant::ALL
-                .iter()
-                .map(|p| (p.name(), db_url(p.name())))
-                .collect::<BTreeMap<_, _>>(),
-        },
+        registry: Registry::reference(),
+        urls: DatabaseUrls::each(&Registry::reference(), db_url),
         coordinator: CoordinatorConfig {
             topology: real.topology.clone(),
             // Shorter resends than production, so recovery after the outage is quick.
@@ -762,7 +741,7 @@ async fn outage_run(real: &Real, server: &str, database: &dyn Fn(&str) -> String
     for c in &report.checks {
         eprintln!("  [{}] {:<24} {}", if c.ok { "pass" } else { "FAIL" }, c.name, c.detail);
     }
-    assert!(report.ok(), "SPEC §4 violated after the outage: {report:#?}");
+    assert!(report.ok(), "invariants violated after the outage: {report:#?}");
     assert!(in_flight_at_stop > 0, "no saga was in flight when the broker stopped");
     assert!(
         confirmed_after_restart > 0,
@@ -785,11 +764,7 @@ async fn wait_quiet(stack: &EmbeddedStack) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let topology = &stack.config().coordinator.topology;
-    let mut queues: Vec<String> = ReferenceParticipant::ALL
-        .iter()
-        .map(|p| topology.command_queue(p.name()))
-        .collect();
-    queues.push(topology.reply_queue());
+    let queues = service_queues(topology, &stack.config().registry);
     let mut left = Vec::new();
     for q in queues {
         left.push(format!("{q}: {:?}", stack.transport().pending(&q).await));

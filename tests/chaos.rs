@@ -1,17 +1,17 @@
 //! The chaos harness, one fault kind at a time and all together, on the in-process
 //! transport and on RabbitMQ (services in this process, `rabbitmq::*`), plus the real
 //! thing: `kessai chaos --transport amqp` starting the multi-process deployment. Each
-//! run must end with every saga terminal, every SPEC §4 invariant and the barrier
+//! run must end with every saga terminal, every invariant (docs/GUARANTEES.md) and the barrier
 //! check passing, and the faults it was configured for really injected.
 //!
-//! RabbitMQ tests follow the `kessai_transport::testing` rule (skip when unreachable,
+//! RabbitMQ tests follow the `kessai_testkit` rule (skip when unreachable,
 //! fail with `KESSAI_REQUIRE_SERVICES=1`); those that restart the broker hold its lock
 //! exclusively.
 
-use kessai::chaos::{self, ChaosOptions, ChaosReport};
-use kessai::config::Config;
-use kessai::demo::TransportKind;
-use kessai_transport::testing::{amqp_url, broker_lock, host_port, postgres_url, require_service};
+use kessai_harness::chaos::{self, ChaosOptions, ChaosReport};
+use kessai_harness::demo::TransportKind;
+use kessai_service::config::Config;
+use kessai_testkit::{amqp_url, broker_lock, postgres_url, require_postgres, require_rabbitmq};
 use serde_json::Value;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -156,25 +156,33 @@ async fn all_faults_together() {
 mod rabbitmq {
     use super::*;
 
-    fn rabbit(seed: u64) -> Option<ChaosOptions> {
-        if !require_service("RabbitMQ", &host_port(&amqp_url(), 5672)) {
+    /// Runs `faults` in-process over RabbitMQ under the broker lock (`exclusive` for
+    /// runs that restart the broker); `None` when RabbitMQ is not there.
+    async fn on_rabbit(name: &str, seed: u64, exclusive: bool, faults: ChaosOptions) -> Option<ChaosReport> {
+        let _lock = broker_lock("rabbit", exclusive);
+        if !require_rabbitmq() {
             return None;
         }
         let mut config = Config::default();
         config.transport.amqp_url = amqp_url().into();
-        Some(ChaosOptions {
+        let opts = ChaosOptions {
             transport: TransportKind::Amqp,
             config,
             seed,
-            ..Default::default()
-        })
+            ..faults
+        };
+        Some(run(name, opts).await)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn drop_only() {
-        let _lock = broker_lock("rabbit", false);
-        let Some(base) = rabbit(11) else { return };
-        let r = run("amqp drop", ChaosOptions { drop: 0.1, ..base }).await;
+        let faults = ChaosOptions {
+            drop: 0.1,
+            ..Default::default()
+        };
+        let Some(r) = on_rabbit("amqp drop", 11, false, faults).await else {
+            return;
+        };
         assert!(r.faults.dropped > 0);
         assert_eq!((r.faults.duplicated, r.faults.process_kills), (0, 0));
         assert!(r.max_sends >= 2, "a dropped message must have been resent");
@@ -182,43 +190,41 @@ mod rabbitmq {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn duplicate_only() {
-        let _lock = broker_lock("rabbit", false);
-        let Some(base) = rabbit(12) else { return };
-        let r = run("amqp duplicate", ChaosOptions { duplicate: 0.2, ..base }).await;
+        let faults = ChaosOptions {
+            duplicate: 0.2,
+            ..Default::default()
+        };
+        let Some(r) = on_rabbit("amqp duplicate", 12, false, faults).await else {
+            return;
+        };
         assert!(r.faults.duplicated > 0);
         assert_eq!((r.faults.dropped, r.faults.delayed), (0, 0));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn delay_and_reorder_only() {
-        let _lock = broker_lock("rabbit", false);
-        let Some(base) = rabbit(13) else { return };
-        let r = run(
-            "amqp delay+reorder",
-            ChaosOptions {
-                delay: 0.1,
-                reorder: 0.1,
-                delay_max: Duration::from_millis(500),
-                ..base
-            },
-        )
-        .await;
+        let faults = ChaosOptions {
+            delay: 0.1,
+            reorder: 0.1,
+            delay_max: Duration::from_millis(500),
+            ..Default::default()
+        };
+        let Some(r) = on_rabbit("amqp delay+reorder", 13, false, faults).await else {
+            return;
+        };
         assert!(r.faults.delayed > 0 && r.faults.reordered > 0, "{:?}", r.faults);
         assert_eq!((r.faults.dropped, r.faults.duplicated), (0, 0));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn process_kills_only() {
-        let _lock = broker_lock("rabbit", false);
-        let Some(base) = rabbit(14) else { return };
-        let r = run(
-            "amqp kills",
-            ChaosOptions {
-                kill_every: Some(Duration::from_secs(1)),
-                ..base
-            },
-        )
-        .await;
+        let faults = ChaosOptions {
+            kill_every: Some(Duration::from_secs(1)),
+            ..Default::default()
+        };
+        let Some(r) = on_rabbit("amqp kills", 14, false, faults).await else {
+            return;
+        };
         assert!(r.faults.process_kills >= 3, "kills: {:?}", r.faults.kills_by_service);
         assert_eq!((r.faults.dropped, r.faults.duplicated), (0, 0));
     }
@@ -226,22 +232,19 @@ mod rabbitmq {
     /// Every message fault, kills and a broker restart at once.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn all_faults_and_broker_restarts() {
-        let _lock = broker_lock("rabbit", true);
-        let Some(base) = rabbit(15) else { return };
-        let r = run(
-            "amqp all",
-            ChaosOptions {
-                drop: 0.05,
-                duplicate: 0.05,
-                delay: 0.05,
-                reorder: 0.02,
-                kill_every: Some(Duration::from_secs(1)),
-                broker_restart_every: Some(Duration::from_millis(2500)),
-                broker_outage: Duration::from_secs(1),
-                ..base
-            },
-        )
-        .await;
+        let faults = ChaosOptions {
+            drop: 0.05,
+            duplicate: 0.05,
+            delay: 0.05,
+            reorder: 0.02,
+            kill_every: Some(Duration::from_secs(1)),
+            broker_restart_every: Some(Duration::from_millis(2500)),
+            broker_outage: Duration::from_secs(1),
+            ..Default::default()
+        };
+        let Some(r) = on_rabbit("amqp all", 15, true, faults).await else {
+            return;
+        };
         let f = &r.faults;
         assert!(f.process_kills >= 3, "kills: {:?}", f.kills_by_service);
         assert!(f.broker_restarts >= 1, "{f:?}");
@@ -256,9 +259,7 @@ mod rabbitmq {
 #[test]
 fn chaos_command_over_rabbitmq_processes() {
     let _lock = broker_lock("rabbit", true);
-    if !require_service("PostgreSQL", &host_port(&postgres_url(), 5432))
-        || !require_service("RabbitMQ", &host_port(&amqp_url(), 5672))
-    {
+    if !require_postgres() || !require_rabbitmq() {
         return;
     }
     let started = Instant::now();

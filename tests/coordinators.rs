@@ -6,22 +6,22 @@
 //! the end; without a reachable server the tests are skipped with a note (or fail
 //! when `KESSAI_REQUIRE_SERVICES=1`).
 
-use kessai::invariants::{self, SagaOutcome};
 use kessai_coordinator::machine::{self, Action, Event, Saga};
 use kessai_coordinator::store::entities::{outbox, saga_event};
 use kessai_coordinator::store::{self, NewSaga, Routing};
 use kessai_coordinator::{Clock, Coordinator, CoordinatorConfig, CoordinatorTasks, SagaState, SystemClock};
-use kessai_messages::{BranchId, Currency, Envelope, Operation, Outcome, Payment, SagaId};
+use kessai_harness::invariants;
+use kessai_harness::stack::service_queues;
+use kessai_messages::{BranchId, Envelope, Operation, Outcome, Payment, SagaId};
 use kessai_migrations::Service;
-use kessai_participants::{ReferenceParticipant, RuntimeConfig, barrier_records};
-use kessai_transport::testing::{host_port, postgres_url, require_service};
+use kessai_participants::{Registry, RuntimeConfig, barrier_records, database_name};
+use kessai_testkit::{host_port, postgres_url, require_service};
 use kessai_transport::{ConsumeOptions, MemoryTransport, OutgoingMessage, Topology, Transport};
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, TransactionTrait};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 
 /// The coordinator database of the running-coordinator race.
 const RACE: &str = "coordinator_race";
@@ -48,7 +48,7 @@ impl Databases {
     }
 
     fn name(&self, service: &str) -> String {
-        format!("{}_{}", self.prefix, service.replace('-', "_"))
+        database_name(&self.prefix, service)
     }
 
     /// Creates the database if needed, opens a pool on it and migrates it.
@@ -65,7 +65,7 @@ impl Databases {
 
     async fn drop_all(&self) {
         let mut names = vec!["coordinator", RACE];
-        names.extend(ReferenceParticipant::ALL.iter().map(|p| p.name()));
+        names.extend(Registry::reference().names());
         for n in names {
             let name = self.name(n);
             if let Err(e) = kessai_migrations::drop_postgres_database(&self.server, &name).await {
@@ -112,17 +112,9 @@ async fn coordinators_starting_together_all_open_the_database() {
     .await;
 }
 
-fn participant_service(p: ReferenceParticipant) -> Service {
-    match p {
-        ReferenceParticipant::Balance => Service::Balance,
-        ReferenceParticipant::CardIssuer => Service::CardIssuer,
-        ReferenceParticipant::Bank => Service::Bank,
-    }
-}
-
 /// Short resends so the survivor's timers pick up the dead coordinator's sagas fast.
 fn brisk(topology: &Topology) -> CoordinatorConfig {
-    let mut c = CoordinatorConfig {
+    let c = CoordinatorConfig {
         topology: topology.clone(),
         try_timeout: Duration::from_secs(10),
         tick_interval: Duration::from_millis(50),
@@ -130,22 +122,13 @@ fn brisk(topology: &Topology) -> CoordinatorConfig {
         reply_workers: 2,
         ..CoordinatorConfig::default()
     };
-    c.policy.try_resend.initial_ms = 200;
-    c.policy.try_resend.max_ms = 1_000;
-    c.policy.finish_resend.initial_ms = 200;
-    c.policy.finish_resend.max_ms = 1_000;
-    c
+    common::brisk(c, 200)
 }
 
+mod common;
+
 fn payment(run: &str, i: usize, fail: bool) -> Payment {
-    Payment {
-        payment_id: format!("{run}-{i}"),
-        account_id: format!("acct-{}", 1 + i % 97),
-        card_id: format!("card-{}", 1 + i % 89),
-        amount: 100 + i as i64,
-        currency: Currency::new("EUR").unwrap(),
-        settlement_account: if fail { "settlement-frozen" } else { "settlement-main" }.into(),
-    }
+    common::payment(format!("{run}-{i}"), 1 + i % 97, 1 + i % 89, 100 + i as i64, fail)
 }
 
 async fn state_counts(db: &DatabaseConnection) -> BTreeMap<SagaState, u64> {
@@ -194,19 +177,20 @@ async fn takeover(dbs: Databases) {
     };
 
     // Three participants, each on its own database.
-    let cancel = CancellationToken::new();
     let mut participant_dbs = Vec::new();
     let mut participant_tasks = Vec::new();
-    for p in ReferenceParticipant::ALL {
-        let db = dbs.open(p.name(), participant_service(p), 6).await;
+    for p in Registry::reference().iter() {
+        let name = dbs.name(p.name());
+        kessai_migrations::ensure_postgres_database(&dbs.server, &name)
+            .await
+            .expect("create a database");
+        let db = p
+            .open(&kessai_migrations::postgres_database_url(&dbs.server, &name), 6)
+            .await
+            .expect("open a participant database");
         p.seed_demo(&db).await.expect("seeding");
-        participant_tasks.push(tokio::spawn(p.run(
-            db.clone(),
-            transport.clone(),
-            participant_config.clone(),
-            cancel.clone(),
-        )));
-        participant_dbs.push((p, db));
+        participant_tasks.push(p.start(db.clone(), transport.clone(), participant_config.clone()));
+        participant_dbs.push((p.name(), p.clone(), db));
     }
 
     // Two coordinators on one database, each with its own pool.
@@ -253,7 +237,7 @@ async fn takeover(dbs: Databases) {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    tasks_a.kill();
+    tasks_a.kill().await;
     drop(coord_a);
     db_a.close().await.expect("closing A's pool");
     let at_kill = state_counts(&db_b).await;
@@ -274,11 +258,7 @@ async fn takeover(dbs: Databases) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut queues: Vec<String> = ReferenceParticipant::ALL
-        .iter()
-        .map(|p| topology.command_queue(p.name()))
-        .collect();
-    queues.push(topology.reply_queue());
+    let queues = service_queues(&topology, &Registry::reference());
     wait_quiet(&db_b, &memory, &queues).await;
     let finished_at = started.elapsed();
 
@@ -294,16 +274,13 @@ async fn takeover(dbs: Databases) {
         assert_eq!(view.state, want, "saga {id}: {view:?}");
     }
 
-    // SPEC §4, from the coordinator's outcomes and each participant's own books.
-    let outcomes: Vec<SagaOutcome> = store::outcomes(&db_b)
+    // The invariants (docs/GUARANTEES.md), from the coordinator's outcomes and each participant's own books.
+    let outcomes = invariants::read_outcomes(&db_b, &Registry::reference())
         .await
-        .expect("outcomes")
-        .into_iter()
-        .map(|(id, state, request)| SagaOutcome::from_row(id, state, &request))
-        .collect();
+        .expect("outcomes");
     assert_eq!(outcomes.len(), PAYMENTS);
     let mut audits = Vec::new();
-    for (p, db) in &participant_dbs {
+    for (_, p, db) in &participant_dbs {
         audits.push(p.audit(db).await.expect("audit"));
     }
     let report = invariants::check_all(&outcomes, &audits, &acknowledged, &[]);
@@ -315,7 +292,7 @@ async fn takeover(dbs: Databases) {
     let states: HashMap<SagaId, SagaState> = outcomes.iter().map(|o| (o.id, o.state)).collect();
     let mut records_seen = 0usize;
     for id in &acknowledged {
-        for (p, db) in &participant_dbs {
+        for (p, _, db) in &participant_dbs {
             let records = barrier_records(db, *id).await.expect("barrier records");
             records_seen += records.len();
             let mut by_branch: BTreeMap<BranchId, Vec<_>> = BTreeMap::new();
@@ -353,12 +330,13 @@ async fn takeover(dbs: Databases) {
     for (name, r) in tasks_b.shutdown().await {
         r.unwrap_or_else(|e| panic!("coordinator B task {name}: {e}"));
     }
-    cancel.cancel();
     for t in participant_tasks {
-        t.await.expect("participant task").expect("participant ended cleanly");
+        for (name, r) in t.shutdown().await {
+            r.unwrap_or_else(|e| panic!("participant task {name} did not end cleanly: {e}"));
+        }
     }
     let _ = db_b.close().await;
-    for (_, db) in participant_dbs {
+    for (_, _, db) in participant_dbs {
         let _ = db.close().await;
     }
 }
@@ -471,7 +449,11 @@ async fn snapshot(db: &DatabaseConnection, id: SagaId) -> Snapshot {
             .into_iter()
             .map(|b| (b.state, b.attempt, b.resend_at_ms))
             .collect(),
-        timeline: view.timeline.into_iter().map(|e| (e.kind, e.detail)).collect(),
+        timeline: view
+            .timeline
+            .into_iter()
+            .map(|e| (e.kind.to_string(), e.detail))
+            .collect(),
         outbox,
     }
 }

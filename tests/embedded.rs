@@ -1,13 +1,13 @@
 //! The embedded engine end to end, on real SQLite files and the in-process transport:
 //! crash recovery, timeouts on a test-driven clock, bad input.
 
-use kessai::demo;
-use kessai::stack::{DatabaseUrls, EmbeddedStack, StackConfig};
 use kessai_coordinator::{Clock, CoordinatorConfig, ManualClock, SagaState, SagaView, SystemClock};
+use kessai_harness::demo;
+use kessai_harness::stack::{EmbeddedStack, StackConfig};
 use kessai_messages::payment::WalletHold;
-use kessai_messages::{BranchId, Currency, Envelope, Operation, Outcome, Payment, SagaId};
+use kessai_messages::{BranchId, Envelope, Operation, Outcome, Payment, SagaId};
 use kessai_participants::sdk::{BranchRef, BusinessError, Participant, async_trait};
-use kessai_participants::{BalanceParticipant, ParticipantRuntime, ReferenceParticipant, RuntimeConfig};
+use kessai_participants::{BalanceParticipant, ParticipantRuntime};
 use kessai_transport::{ConsumeOptions, DEAD_LETTER_REASON, MemoryTransport, OutgoingMessage, Transport};
 use sea_orm::DatabaseTransaction;
 use std::path::Path;
@@ -15,36 +15,23 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+mod common;
+
 fn payment(i: usize, fail: bool) -> Payment {
-    Payment {
-        payment_id: format!("p-{i}"),
-        account_id: format!("acct-{}", 1 + i % 50),
-        card_id: format!("card-{}", 1 + i % 50),
-        amount: 100 + i as i64,
-        currency: Currency::new("EUR").unwrap(),
-        settlement_account: if fail { "settlement-frozen" } else { "settlement-main" }.into(),
-    }
+    common::payment(format!("p-{i}"), 1 + i % 50, 1 + i % 50, 100 + i as i64, fail)
 }
 
 fn stack_config(dir: &Path, clock: Arc<dyn Clock>, coordinator: CoordinatorConfig) -> StackConfig {
     StackConfig {
-        urls: DatabaseUrls::sqlite(dir),
         coordinator,
-        participant: RuntimeConfig::default(),
         clock,
-        max_connections: 1,
-        statements: None,
+        ..StackConfig::sqlite(dir)
     }
 }
 
 /// Short resend intervals so recovery after a crash takes seconds, not minutes.
 fn brisk() -> CoordinatorConfig {
-    let mut c = CoordinatorConfig::default();
-    c.policy.try_resend.initial_ms = 300;
-    c.policy.try_resend.max_ms = 1_000;
-    c.policy.finish_resend.initial_ms = 300;
-    c.policy.finish_resend.max_ms = 1_000;
-    c
+    common::brisk(CoordinatorConfig::default(), 300)
 }
 
 /// Default protocol timings, but the timer task looks for due sagas every 2 ms.
@@ -156,15 +143,15 @@ async fn participant_killed_mid_way_recovers_without_double_effects() {
     let (mut stack, ids) = busy_stack(dir.path()).await;
     // Abort the bank mid-batch: its unacked deliveries go back to the queue, its
     // uncommitted transaction is lost, replies it had not sent are never sent.
-    stack.kill_participant(ReferenceParticipant::Bank).await;
+    stack.kill_participant("bank").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stack.restart_participant(ReferenceParticipant::Bank).await.unwrap();
-    stack.kill_participant(ReferenceParticipant::Balance).await;
-    stack.restart_participant(ReferenceParticipant::Balance).await.unwrap();
+    stack.restart_participant("bank").await.unwrap();
+    stack.kill_participant("balance").await;
+    stack.restart_participant("balance").await.unwrap();
     wait_all(&stack, &ids, Duration::from_secs(60)).await;
     assert_invariants(&stack, &ids).await;
     // Exactly-once effects: one barrier record per (saga, branch, operation) at most.
-    let db = stack.participant_db(ReferenceParticipant::Bank).unwrap();
+    let db = stack.participant_db("bank").unwrap();
     for id in ids.iter().take(50) {
         let records = kessai_participants::barrier_records(db, *id).await.unwrap();
         let mut keys: Vec<_> = records.iter().map(|r| (r.branch_id, r.operation)).collect();
@@ -227,8 +214,8 @@ async fn silent_participant_leads_to_cancel_after_the_deadline() {
     )
     .await
     .unwrap();
-    stack.kill_participant(ReferenceParticipant::Bank).await;
-    let before = BalanceParticipant::wallet(stack.participant_db(ReferenceParticipant::Balance).unwrap(), "acct-1")
+    stack.kill_participant("bank").await;
+    let before = BalanceParticipant::wallet(stack.participant_db("balance").unwrap(), "acct-1")
         .await
         .unwrap()
         .unwrap();
@@ -259,7 +246,7 @@ async fn silent_participant_leads_to_cancel_after_the_deadline() {
     assert_eq!(v.branches[1].state, "cancelled");
     assert_eq!(v.branches[2].state, "cancelling");
     assert!(v.branches[2].attempt > 2, "the bank's cancel was not resent");
-    let during = BalanceParticipant::wallet(stack.participant_db(ReferenceParticipant::Balance).unwrap(), "acct-1")
+    let during = BalanceParticipant::wallet(stack.participant_db("balance").unwrap(), "acct-1")
         .await
         .unwrap()
         .unwrap();
@@ -268,7 +255,7 @@ async fn silent_participant_leads_to_cancel_after_the_deadline() {
 
     // The bank comes back: its queued tries and cancels meet its barrier; the saga
     // ends cancelled and nothing stays reserved.
-    stack.restart_participant(ReferenceParticipant::Bank).await.unwrap();
+    stack.restart_participant("bank").await.unwrap();
     run_until(&stack, &clock, id, SagaState::Cancelled, Duration::from_secs(120)).await;
     assert_invariants(&stack, &[id]).await;
     stack.shutdown().await;
@@ -307,7 +294,7 @@ async fn failing_confirm_is_retried_with_growing_delays_and_flagged_stuck() {
     )
     .await
     .unwrap();
-    stack.kill_participant(ReferenceParticipant::Balance).await;
+    stack.kill_participant("balance").await;
     let url = stack.config().urls.participants["balance"].clone();
     let db = kessai_migrations::open(&url, kessai_migrations::Service::Balance, 1)
         .await
@@ -356,7 +343,7 @@ async fn failing_confirm_is_retried_with_growing_delays_and_flagged_stuck() {
     cancel.cancel();
     let _ = locked.await;
     db.close().await.unwrap();
-    stack.restart_participant(ReferenceParticipant::Balance).await.unwrap();
+    stack.restart_participant("balance").await.unwrap();
     let v = run_until(&stack, &clock, id, SagaState::Confirmed, Duration::from_secs(120)).await;
     assert!(!v.stuck);
     assert_invariants(&stack, &[id]).await;

@@ -7,21 +7,23 @@
 //! end, also on failure), waits for every process's `/healthz`, submits payments over
 //! HTTP (some routed to the frozen settlement account, so the bank rejects their try),
 //! waits for every saga to end, stops the processes with SIGTERM (they must exit 0),
-//! and checks SPEC §4 from each service's own database.
+//! and checks the invariants from each service's own database.
 //!
-//! Servers follow the `kessai_transport::testing` rule: unreachable → skip with a
+//! Servers follow the `kessai_testkit` rule: unreachable → skip with a
 //! note, unless `KESSAI_REQUIRE_SERVICES=1` → fail.
 
 use futures::FutureExt;
 use futures::stream::{self, StreamExt};
-use kessai::invariants::{self, Resubmission, SagaOutcome};
 use kessai_coordinator::SagaState;
+use kessai_harness::invariants::{self, Resubmission};
+use kessai_harness::stack::open_service_db;
 use kessai_messages::SagaId;
 use kessai_messages::payment::DEFAULT_SETTLEMENT_ACCOUNT;
-use kessai_migrations::Service;
-use kessai_participants::ReferenceParticipant;
 use kessai_participants::ledger::{DEMO_ACCOUNTS, FROZEN_SETTLEMENT_ACCOUNT, demo_account_id, demo_card_id};
-use kessai_transport::testing::{amqp_url, broker_lock, host_port, postgres_url, require_service, sqs_endpoint};
+use kessai_participants::{Registry, database_name};
+use kessai_testkit::{
+    amqp_url, broker_lock, host_port, postgres_url, require_postgres, require_rabbitmq, require_sqs, sqs_endpoint,
+};
 use kessai_transport::{AmqpConfig, AmqpTransport, SqsConfig, SqsTransport, Topology, Transport};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -70,9 +72,7 @@ impl Broker {
 async fn four_processes_over_rabbitmq_and_postgres() {
     // Shared lock first: the outage test stops the broker while holding it exclusively.
     let _lock = broker_lock("rabbit", false);
-    if !require_service("PostgreSQL", &host_port(&postgres_url(), 5432))
-        || !require_service("RabbitMQ", &host_port(&amqp_url(), 5672))
-    {
+    if !require_postgres() || !require_rabbitmq() {
         return;
     }
     run(Broker::Amqp).await;
@@ -80,9 +80,7 @@ async fn four_processes_over_rabbitmq_and_postgres() {
 
 #[tokio::test]
 async fn four_processes_over_sqs_and_postgres() {
-    if !require_service("PostgreSQL", &host_port(&postgres_url(), 5432))
-        || !require_service("the SQS emulator", &host_port(&sqs_endpoint(), 80))
-    {
+    if !require_postgres() || !require_sqs() {
         return;
     }
     run(Broker::Sqs).await;
@@ -93,9 +91,7 @@ async fn four_processes_over_sqs_and_postgres() {
 #[tokio::test]
 async fn a_service_waits_for_its_broker_at_start() {
     let _lock = broker_lock("rabbit", false);
-    if !require_service("PostgreSQL", &host_port(&postgres_url(), 5432))
-        || !require_service("RabbitMQ", &host_port(&amqp_url(), 5672))
-    {
+    if !require_postgres() || !require_rabbitmq() {
         return;
     }
     let mut d = Deployment::new(Broker::Amqp);
@@ -354,11 +350,11 @@ impl Deployment {
     }
 
     fn database(&self, service: &str) -> String {
-        format!("{}_{}", self.database_prefix, service.replace('-', "_"))
+        database_name(&self.database_prefix, service)
     }
 
     fn queues(&self) -> Vec<String> {
-        kessai::stack::service_queues(&Topology::new(self.queue_prefix.clone()))
+        kessai_harness::stack::service_queues(&Topology::new(self.queue_prefix.clone()), &Registry::reference())
     }
 
     /// Kills what still runs, drops the databases, deletes the queues. Best effort.
@@ -602,38 +598,37 @@ async fn scenario(d: &mut Deployment) {
     d.stop_gracefully().await;
     let t_stopped = Instant::now();
 
-    // SPEC §4, from each service's own database.
+    // The invariants (docs/GUARANTEES.md#invariants), from each service's own database.
     let server = postgres_url();
-    let open = |service: &str, kind: Service| {
+    let registry = Registry::reference();
+    let open = |service: &str| {
         let url = kessai_migrations::postgres_database_url(&server, &d.database(service));
-        async move { kessai_migrations::open(&url, kind, 2).await.expect("open database") }
+        let registry = registry.clone();
+        let service = service.to_owned();
+        async move {
+            open_service_db(&registry, &service, &url, 2)
+                .await
+                .expect("open database")
+        }
     };
-    let coordinator = open("coordinator", Service::Coordinator).await;
+    let coordinator = open("coordinator").await;
     assert_eq!(
         kessai_coordinator::store::outbox_len(&coordinator).await.unwrap(),
         0,
         "the coordinator left its outbox unflushed"
     );
-    let outcomes: Vec<SagaOutcome> = kessai_coordinator::store::outcomes(&coordinator)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(id, state, request)| SagaOutcome::from_row(id, state, &request))
-        .collect();
+    let outcomes = invariants::read_outcomes(&coordinator, &registry).await.unwrap();
     coordinator.close().await.unwrap();
     assert_eq!(outcomes.len(), payments, "resubmissions must create no saga");
     let mut audits = Vec::new();
-    for (p, kind) in ReferenceParticipant::ALL
-        .into_iter()
-        .zip([Service::Balance, Service::CardIssuer, Service::Bank])
-    {
-        let db = open(p.name(), kind).await;
+    for p in registry.iter() {
+        let db = open(p.name()).await;
         audits.push(p.audit(&db).await.expect("audit"));
         db.close().await.unwrap();
     }
     let acknowledged: Vec<SagaId> = submitted.iter().map(|s| s.saga_id).collect();
     let report = invariants::check_all(&outcomes, &audits, &acknowledged, &resubmissions);
-    assert!(report.ok(), "SPEC §4 violated over {:?}: {report:#?}", d.broker);
+    assert!(report.ok(), "invariants violated over {:?}: {report:#?}", d.broker);
 
     let cancelled = submitted.iter().filter(|s| s.frozen).count();
     eprintln!(

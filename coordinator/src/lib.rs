@@ -19,6 +19,8 @@
 //!   - *admission* — re-reads the unfinished count and re-sizes the bound on it from
 //!     the measured completion rate: beyond the bound a submission is refused
 //!     ([`Error::Overloaded`], HTTP 429) and creates nothing.
+//! - [`definitions`]: saga kinds — how a request of a kind (`payment`, `generic`, or a
+//!   deployment's own) is validated and becomes branches.
 //! - [`clock`]: the time seam, so tests run on tokio's paused clock.
 //!
 //! One payment: `Coordinator::submit_payment` → intake commits the saga and three try
@@ -27,11 +29,13 @@
 //! decide and emit confirms into the outbox → ... → `finished`, and waiters wake.
 
 pub mod clock;
+pub mod definitions;
 pub mod engine;
 pub mod machine;
 pub mod store;
 
 pub use clock::{Clock, ManualClock, SystemClock, TokioClock};
+pub use definitions::{BranchCheck, GenericSaga, PaymentSaga, SagaDefinition, SagaDefinitions, SagaPlan};
 pub use engine::{Admission, AdmissionLimit, Coordinator, CoordinatorConfig, CoordinatorTasks, EngineStats, Submitted};
 pub use machine::{Policy, SagaState};
 pub use store::{NewSaga, SagaView};

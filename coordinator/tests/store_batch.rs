@@ -3,7 +3,8 @@
 //! transition computed from a stale copy of its saga.
 //!
 //! Every case runs on a fresh SQLite file, and on a fresh PostgreSQL database
-//! (`kcs_<random>`, dropped afterwards) when the server is reachable; without one the
+//! (`kcs_<random>`, dropped afterwards, `kessai_testkit::database`) when the server is
+//! reachable; without one the
 //! PostgreSQL half is skipped with a note, or fails when `KESSAI_REQUIRE_SERVICES=1`.
 
 use kessai_coordinator::SagaState;
@@ -12,8 +13,8 @@ use kessai_coordinator::store::entities::{outbox, saga, saga_event};
 use kessai_coordinator::store::{self, Loaded, NewSaga, Routing};
 use kessai_messages::{BranchId, Envelope, Operation, Outcome, SagaId};
 use kessai_migrations::Service;
+use kessai_testkit::{on_scratch_postgres, scratch_sqlite};
 use kessai_transport::Topology;
-use kessai_transport::testing::{host_port, postgres_url, require_service};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
     Statement, TransactionTrait,
@@ -34,11 +35,7 @@ where
     F: FnOnce(DatabaseConnection) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let url = kessai_migrations::sqlite_url(&dir.path().join("coordinator.db"));
-    let db = kessai_migrations::open(&url, Service::Coordinator, 1)
-        .await
-        .expect("open SQLite");
+    let (_dir, db) = scratch_sqlite(Service::Coordinator).await;
     body(db.clone()).await;
     db.close().await.expect("close");
 }
@@ -50,30 +47,7 @@ where
     F: FnOnce(DatabaseConnection) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let server = postgres_url();
-    if !require_service("PostgreSQL", &host_port(&server, 5432)) {
-        return;
-    }
-    let random = uuid::Uuid::new_v4().simple().to_string();
-    let name = format!("kcs_{}", &random[..12]);
-    kessai_migrations::ensure_postgres_database(&server, &name)
-        .await
-        .unwrap_or_else(|e| panic!("creating {name}: {e}"));
-    let url = kessai_migrations::postgres_database_url(&server, &name);
-    let db = kessai_migrations::open(&url, Service::Coordinator, 2)
-        .await
-        .unwrap_or_else(|e| panic!("opening {name}: {e}"));
-    let result = tokio::spawn(body(db.clone())).await;
-    let _ = db.close().await;
-    if let Err(e) = kessai_migrations::drop_postgres_database(&server, &name).await {
-        eprintln!("could not drop {name}: {e}");
-    }
-    if let Err(e) = result {
-        match e.try_into_panic() {
-            Ok(panic) => std::panic::resume_unwind(panic),
-            Err(e) => panic!("test body did not finish: {e}"),
-        }
-    }
+    on_scratch_postgres("kcs_", Service::Coordinator, 2, body).await;
 }
 
 /// `n` new three-branch sagas as an intake would build them; every other one has an
@@ -116,26 +90,26 @@ fn logs(actions: &[Action]) -> usize {
     actions.iter().filter(|a| matches!(a, Action::Log(_))).count()
 }
 
-fn reply(branch: u32, operation: Operation, outcome: Outcome) -> Event {
-    Event::Reply {
-        branch: BranchId(branch),
-        operation,
-        attempt: 1,
-        outcome,
-    }
-}
+/// A reply to attempt 1 of `operation` on `branch`.
+type Reply = (u32, Operation, Outcome);
 
-/// `before` with `events` applied: the saga after, and everything to write with it.
-fn transition(before: &Loaded, events: &[Event], now: i64) -> (Saga, Vec<Action>) {
+/// `before` with `replies` applied: the saga after, and everything to write with it.
+fn transition(before: &Loaded, replies: &[Reply], now: i64) -> (Saga, Vec<Action>) {
     let policy = machine::Policy::default();
-    let mut saga = before.saga.clone();
-    let mut actions = Vec::new();
-    for e in events {
-        let t = machine::apply(&saga, e, now, &policy).expect("apply");
-        saga = t.saga;
-        actions.extend(t.actions);
-    }
-    (saga, actions)
+    let start = (before.saga.clone(), Vec::new());
+    replies
+        .iter()
+        .fold(start, |(saga, mut actions), (branch, operation, outcome)| {
+            let event = Event::Reply {
+                branch: BranchId(*branch),
+                operation: *operation,
+                attempt: 1,
+                outcome: outcome.clone(),
+            };
+            let t = machine::apply(&saga, &event, now, &policy).expect("apply");
+            actions.extend(t.actions);
+            (t.saga, actions)
+        })
 }
 
 async fn save_all(db: &DatabaseConnection, items: &[(&Loaded, &Saga, &[Action])], now: i64) -> Vec<bool> {
@@ -145,19 +119,18 @@ async fn save_all(db: &DatabaseConnection, items: &[(&Loaded, &Saga, &[Action])]
     saved
 }
 
+/// The commands in the outbox for saga `id`, in relay order: (operation, branch).
 async fn outbox_of(db: &DatabaseConnection, id: SagaId) -> Vec<(Operation, u32)> {
-    outbox::Entity::find()
+    let rows = outbox::Entity::find()
         .filter(outbox::Column::SagaId.eq(id.to_string()))
         .order_by_asc(outbox::Column::Id)
         .all(db)
         .await
-        .expect("outbox")
-        .into_iter()
-        .map(|row| {
-            let env = Envelope::decode(row.payload.as_bytes()).expect("outbox envelope");
-            (env.operation, env.branch_id.0)
-        })
-        .collect()
+        .expect("outbox");
+    let envelopes = rows
+        .iter()
+        .map(|row| Envelope::decode(row.payload.as_bytes()).expect("outbox envelope"));
+    envelopes.map(|env| (env.operation, env.branch_id.0)).collect()
 }
 
 async fn events_of(db: &DatabaseConnection, id: SagaId) -> usize {
@@ -224,7 +197,7 @@ async fn save_many_refuses_only_the_stale(db: DatabaseConnection) {
 
     // Another writer moves saga 2 on after it was loaded.
     let stale = &loaded[&ids[2]];
-    let (other, other_actions) = transition(stale, &[reply(1, Operation::Try, Outcome::Ok)], NOW + 5);
+    let (other, other_actions) = transition(stale, &[(1, Operation::Try, Outcome::Ok)], NOW + 5);
     assert!(save_all(&db, &[(stale, &other, &other_actions)], NOW + 5).await == [true]);
     let before_stale = snapshot(&db, ids[2]).await;
     assert_eq!(before_stale.0.version, 2);
@@ -234,14 +207,14 @@ async fn save_many_refuses_only_the_stale(db: DatabaseConnection) {
     let now = NOW + 10;
     let ok = Outcome::Ok;
     let finishing = [
-        reply(0, Operation::Try, ok.clone()),
-        reply(1, Operation::Try, ok.clone()),
-        reply(2, Operation::Try, ok.clone()),
-        reply(0, Operation::Confirm, ok.clone()),
-        reply(1, Operation::Confirm, ok.clone()),
-        reply(2, Operation::Confirm, ok.clone()),
+        (0, Operation::Try, ok.clone()),
+        (1, Operation::Try, ok.clone()),
+        (2, Operation::Try, ok.clone()),
+        (0, Operation::Confirm, ok.clone()),
+        (1, Operation::Confirm, ok.clone()),
+        (2, Operation::Confirm, ok.clone()),
     ];
-    let rejected = [reply(
+    let rejected = [(
         1,
         Operation::Try,
         Outcome::Rejected {
@@ -251,8 +224,8 @@ async fn save_many_refuses_only_the_stale(db: DatabaseConnection) {
     let transitions = [
         transition(&loaded[&ids[0]], &finishing, now),
         transition(&loaded[&ids[1]], &rejected, now),
-        transition(stale, &[reply(0, Operation::Try, ok.clone())], now),
-        transition(&loaded[&ids[3]], &[reply(2, Operation::Try, ok)], now),
+        transition(stale, &[(0, Operation::Try, ok.clone())], now),
+        transition(&loaded[&ids[3]], &[(2, Operation::Try, ok)], now),
     ];
     assert_eq!(transitions[0].0.state, SagaState::Confirmed);
     assert_eq!(transitions[1].0.state, SagaState::Cancelling);
@@ -335,9 +308,9 @@ async fn save_many_same_saga_twice(db: DatabaseConnection) {
     insert_all(&db, &sagas).await;
     let ids: Vec<SagaId> = sagas.iter().map(|(_, s, _)| s.id).collect();
     let loaded = store::load(&db, &ids).await.expect("load");
-    let first = transition(&loaded[&ids[0]], &[reply(0, Operation::Try, Outcome::Ok)], NOW + 1);
-    let second = transition(&loaded[&ids[0]], &[reply(1, Operation::Try, Outcome::Ok)], NOW + 1);
-    let other = transition(&loaded[&ids[1]], &[reply(2, Operation::Try, Outcome::Ok)], NOW + 1);
+    let first = transition(&loaded[&ids[0]], &[(0, Operation::Try, Outcome::Ok)], NOW + 1);
+    let second = transition(&loaded[&ids[0]], &[(1, Operation::Try, Outcome::Ok)], NOW + 1);
+    let other = transition(&loaded[&ids[1]], &[(2, Operation::Try, Outcome::Ok)], NOW + 1);
     let events_before = events_of(&db, ids[0]).await;
     let items: Vec<(&Loaded, &Saga, &[Action])> = vec![
         (&loaded[&ids[0]], &first.0, &first.1),
@@ -368,7 +341,7 @@ async fn big_batches_are_split(db: DatabaseConnection) {
     assert_eq!(loaded.len(), n);
     let transitions: Vec<(Saga, Vec<Action>)> = ids
         .iter()
-        .map(|id| transition(&loaded[id], &[reply(0, Operation::Try, Outcome::Ok)], NOW + 1))
+        .map(|id| transition(&loaded[id], &[(0, Operation::Try, Outcome::Ok)], NOW + 1))
         .collect();
     let items: Vec<(&Loaded, &Saga, &[Action])> = ids
         .iter()
@@ -449,11 +422,7 @@ async fn big_batches_on_postgres() {
 #[tokio::test]
 async fn a_batch_costs_four_statements() {
     use std::sync::{Arc, Mutex};
-    let dir = tempfile::tempdir().expect("temp dir");
-    let url = kessai_migrations::sqlite_url(&dir.path().join("coordinator.db"));
-    let mut db = kessai_migrations::open(&url, Service::Coordinator, 1)
-        .await
-        .expect("open SQLite");
+    let (_dir, mut db) = scratch_sqlite(Service::Coordinator).await;
     let seen: Arc<Mutex<Vec<String>>> = Arc::default();
     {
         let seen = seen.clone();
@@ -472,9 +441,9 @@ async fn a_batch_costs_four_statements() {
     assert_eq!(taken(&seen).len(), 2, "load: one query for sagas, one for branches");
     // Every branch prepares: each saga decides to confirm, logs and sends confirms.
     let all_ok = [
-        reply(0, Operation::Try, Outcome::Ok),
-        reply(1, Operation::Try, Outcome::Ok),
-        reply(2, Operation::Try, Outcome::Ok),
+        (0, Operation::Try, Outcome::Ok),
+        (1, Operation::Try, Outcome::Ok),
+        (2, Operation::Try, Outcome::Ok),
     ];
     let transitions: Vec<(Saga, Vec<Action>)> =
         ids.iter().map(|id| transition(&loaded[id], &all_ok, NOW + 1)).collect();

@@ -14,7 +14,10 @@
 
 pub mod coordinator;
 pub mod participants;
+mod schema;
 
+/// For participants outside this crate that write their own migrations.
+pub use sea_orm_migration;
 pub use sea_orm_migration::MigratorTrait;
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::{ConnectOptions, Database, DatabaseConnection};
@@ -30,17 +33,6 @@ pub enum Service {
     Balance,
     CardIssuer,
     Bank,
-}
-
-impl Service {
-    pub async fn migrate(self, db: &DatabaseConnection) -> Result<(), DbErr> {
-        match self {
-            Service::Coordinator => CoordinatorMigrator::up(db, None).await,
-            Service::Balance => BalanceMigrator::up(db, None).await,
-            Service::CardIssuer => CardIssuerMigrator::up(db, None).await,
-            Service::Bank => BankMigrator::up(db, None).await,
-        }
-    }
 }
 
 /// Opens `url` (`sqlite://path?mode=rwc` or `postgres://...`).
@@ -86,12 +78,22 @@ pub fn sqlite_url(path: &std::path::Path) -> String {
 
 /// Opens and migrates a service's database.
 pub async fn open(url: &str, service: Service, max_connections: u32) -> Result<DatabaseConnection, DbErr> {
+    match service {
+        Service::Coordinator => open_migrated::<CoordinatorMigrator>(url, max_connections).await,
+        Service::Balance => open_migrated::<BalanceMigrator>(url, max_connections).await,
+        Service::CardIssuer => open_migrated::<CardIssuerMigrator>(url, max_connections).await,
+        Service::Bank => open_migrated::<BankMigrator>(url, max_connections).await,
+    }
+}
+
+/// [`open`] for any service's migrator `M` (a registered participant's own).
+pub async fn open_migrated<M: MigratorTrait>(url: &str, max_connections: u32) -> Result<DatabaseConnection, DbErr> {
     let db = connect(url, max_connections).await?;
     if db.get_database_backend() == sea_orm_migration::sea_orm::DbBackend::Postgres {
-        migrate_locked(url, service).await?;
+        migrate_locked::<M>(url).await?;
     } else {
         // SQLite: one writer per file anyway (and one connection per service).
-        service.migrate(&db).await?;
+        M::up(&db, None).await?;
     }
     Ok(db)
 }
@@ -102,13 +104,13 @@ const MIGRATION_LOCK: i64 = 0x6b65_7373_6169;
 /// Migrates under a session advisory lock, on a connection of its own: several
 /// processes of one service (coordinators sharing a database) may start together,
 /// and two migrators creating the same tables at once would fail one of them.
-async fn migrate_locked(url: &str, service: Service) -> Result<(), DbErr> {
+async fn migrate_locked<M: MigratorTrait>(url: &str) -> Result<(), DbErr> {
     use sea_orm_migration::sea_orm::ConnectionTrait;
     let session = connect(url, 1).await?;
     session
         .execute_unprepared(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
         .await?;
-    let migrated = service.migrate(&session).await;
+    let migrated = M::up(&session, None).await;
     let unlocked = session
         .execute_unprepared(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"))
         .await;

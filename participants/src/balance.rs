@@ -2,13 +2,11 @@
 //! frozen amount; cancel releases it back to `available`.
 
 use crate::Error;
-use crate::ledger::{self, Audit, DEMO_ACCOUNTS, DEMO_BALANCE, DEMO_CURRENCY, HoldState};
-use crate::sdk::barrier::count_barrier_records;
-use crate::sdk::{BranchRef, BusinessError, Participant, async_trait, now_ms};
+use crate::ledger::{self, Adjust, Audit, DEMO_ACCOUNTS, DEMO_BALANCE, HoldLedger, HoldWords, Settlement};
+use crate::sdk::{BranchRef, BusinessError, Participant, async_trait};
 use kessai_messages::payment::{BALANCE, Currency, WalletHold};
 use sea_orm::ActiveValue::Set;
-use sea_orm::sea_query::{Expr, ExprTrait};
-use sea_orm::{ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter};
+use sea_orm::{ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter, UpdateMany};
 
 /// The `wallets` and `wallet_freezes` tables.
 pub mod entity {
@@ -98,7 +96,7 @@ impl BalanceParticipant {
 
     /// The demo data set: wallets `acct-1..=acct-10000`, each [`DEMO_BALANCE`] EUR.
     pub async fn seed_demo(db: &DatabaseConnection) -> Result<u64, Error> {
-        let currency = Currency::new(DEMO_CURRENCY).map_err(|e| Error::Invalid(e.to_string()))?;
+        let currency = ledger::demo_currency()?;
         Self::seed(
             db,
             (1..=DEMO_ACCOUNTS).map(|i| WalletSeed {
@@ -112,74 +110,82 @@ impl BalanceParticipant {
 
     /// Reads the books (see [`Audit`]).
     pub async fn audit(db: &DatabaseConnection) -> Result<Audit, Error> {
-        let wallets = wallet::Entity::find().all(db).await?;
-        let freezes = wallet_freeze::Entity::find().all(db).await?;
-        let opening = ledger::total(BALANCE, "opening", wallets.iter().map(|w| w.opening))?;
-        let held = ledger::total(
-            BALANCE,
-            "available + frozen",
-            wallets.iter().flat_map(|w| [w.available, w.frozen]),
-        )?;
-        let reserved = ledger::total(BALANCE, "frozen", wallets.iter().map(|w| w.frozen))?;
-        let (effects, branch_effects) = Audit::collect_holds(
-            BALANCE,
-            freezes.into_iter().map(|f| (f.saga_id, f.branch_id, f.state, f.amount)),
-        )?;
-        Ok(Audit {
-            participant: BALANCE,
-            effects,
-            branch_effects,
-            moved: opening - held,
-            reserved,
-            barrier_records: count_barrier_records(db).await?,
-        })
+        ledger::audit::<Self>(db).await
     }
 
     /// One wallet, for tests and SRE tools.
     pub async fn wallet(db: &DatabaseConnection, account_id: &str) -> Result<Option<wallet::Model>, Error> {
         Ok(wallet::Entity::find_by_id(account_id.to_owned()).one(db).await?)
     }
+}
 
-    /// Why the conditional freeze matched no row.
-    async fn refusal(txn: &DatabaseTransaction, hold: &WalletHold) -> Result<BusinessError, BusinessError> {
-        let Some(w) = wallet::Entity::find_by_id(hold.account_id.clone()).one(txn).await? else {
-            return Ok(BusinessError::rejected(format!("unknown account {}", hold.account_id)));
-        };
-        if w.currency != hold.currency.as_str() {
-            return Ok(BusinessError::rejected(format!(
+impl HoldLedger for BalanceParticipant {
+    const NAME: &'static str = BALANCE;
+    type Account = wallet::Entity;
+    type Hold = wallet_freeze::Entity;
+    const HOLD_ACCOUNT: wallet_freeze::Column = wallet_freeze::Column::AccountId;
+    const WORDS: HoldWords = HoldWords {
+        missing: "freeze",
+        hold: "freeze",
+        already_released: "freeze was already released",
+        already_committed: "freeze was already committed",
+        account: "wallet",
+        shortfall: "has less frozen than freeze",
+    };
+
+    fn request(hold: &WalletHold) -> (&str, i64) {
+        (&hold.account_id, hold.amount)
+    }
+
+    fn held(freeze: &wallet_freeze::Model) -> (&str, i64) {
+        (&freeze.account_id, freeze.amount)
+    }
+
+    fn reserve(hold: &WalletHold) -> UpdateMany<wallet::Entity> {
+        wallet::Entity::update_many()
+            .lower(wallet::Column::Available, hold.amount)
+            .raise(wallet::Column::Frozen, hold.amount)
+            .filter(wallet::Column::AccountId.eq(hold.account_id.as_str()))
+            .filter(wallet::Column::Currency.eq(hold.currency.as_str()))
+            .filter(wallet::Column::Available.gte(hold.amount))
+    }
+
+    fn refusal(wallet: Option<wallet::Model>, hold: &WalletHold) -> String {
+        match wallet {
+            None => format!("unknown account {}", hold.account_id),
+            Some(w) if w.currency != hold.currency.as_str() => format!(
                 "currency mismatch: account {} holds {}, payment is in {}",
                 hold.account_id, w.currency, hold.currency
-            )));
+            ),
+            Some(_) => "insufficient funds".to_owned(),
         }
-        Ok(BusinessError::rejected("insufficient funds"))
     }
 
-    async fn freeze_of(
-        txn: &DatabaseTransaction,
-        branch: &BranchRef,
-    ) -> Result<Option<wallet_freeze::Model>, BusinessError> {
-        Ok(
-            wallet_freeze::Entity::find_by_id((branch.saga_key(), branch.branch_key()))
-                .one(txn)
-                .await?,
-        )
+    fn commit(account: &str, amount: i64) -> UpdateMany<wallet::Entity> {
+        wallet::Entity::update_many()
+            .lower(wallet::Column::Frozen, amount)
+            .filter(wallet::Column::AccountId.eq(account))
+            .filter(wallet::Column::Frozen.gte(amount))
     }
 
-    /// Moves the branch's freeze from `reserved` to `to` and returns it, in one
-    /// statement; `None` if no freeze of this branch was reserved (the rare case: the
-    /// caller then reads the freeze to say why).
-    async fn settle(
-        txn: &DatabaseTransaction,
-        branch: &BranchRef,
-        to: HoldState,
-    ) -> Result<Option<wallet_freeze::Model>, BusinessError> {
-        let update = wallet_freeze::Entity::update_many()
-            .col_expr(wallet_freeze::Column::State, Expr::value(to))
-            .col_expr(wallet_freeze::Column::UpdatedAtMs, Expr::value(now_ms()))
-            .filter(wallet_freeze::Column::SagaId.eq(branch.saga_key()))
-            .filter(wallet_freeze::Column::BranchId.eq(branch.branch_key()))
-            .filter(wallet_freeze::Column::State.eq(HoldState::Reserved));
-        Ok(ledger::update_returning(txn, update).await?)
+    fn release(account: &str, amount: i64) -> UpdateMany<wallet::Entity> {
+        wallet::Entity::update_many()
+            .lower(wallet::Column::Frozen, amount)
+            .raise(wallet::Column::Available, amount)
+            .filter(wallet::Column::AccountId.eq(account))
+            .filter(wallet::Column::Frozen.gte(amount))
+    }
+
+    /// Moved: Σopening − Σ(available + frozen); reserved: Σfrozen.
+    fn books(wallets: &[wallet::Model]) -> Result<(i64, i64), Error> {
+        let opening = ledger::total(BALANCE, "opening", wallets.iter().map(|w| w.opening))?;
+        let held = ledger::total(
+            BALANCE,
+            "available + frozen",
+            wallets.iter().flat_map(|w| [w.available, w.frozen]),
+        )?;
+        let frozen = ledger::total(BALANCE, "frozen", wallets.iter().map(|w| w.frozen))?;
+        Ok((opening - held, frozen))
     }
 }
 
@@ -197,36 +203,7 @@ impl Participant for BalanceParticipant {
         branch: &BranchRef,
         hold: &WalletHold,
     ) -> Result<(), BusinessError> {
-        // One conditional UPDATE both checks and reserves, so two concurrent
-        // transactions cannot both pass the check on PostgreSQL.
-        let frozen = wallet::Entity::update_many()
-            .col_expr(
-                wallet::Column::Available,
-                Expr::col(wallet::Column::Available).sub(hold.amount),
-            )
-            .col_expr(
-                wallet::Column::Frozen,
-                Expr::col(wallet::Column::Frozen).add(hold.amount),
-            )
-            .filter(wallet::Column::AccountId.eq(hold.account_id.as_str()))
-            .filter(wallet::Column::Currency.eq(hold.currency.as_str()))
-            .filter(wallet::Column::Available.gte(hold.amount))
-            .exec(txn)
-            .await?;
-        if frozen.rows_affected != 1 {
-            return Err(Self::refusal(txn, hold).await?);
-        }
-        wallet_freeze::Entity::insert(wallet_freeze::ActiveModel {
-            saga_id: Set(branch.saga_key()),
-            branch_id: Set(branch.branch_key()),
-            account_id: Set(hold.account_id.clone()),
-            amount: Set(hold.amount),
-            state: Set(HoldState::Reserved),
-            updated_at_ms: Set(now_ms()),
-        })
-        .exec_without_returning(txn)
-        .await?;
-        Ok(())
+        ledger::reserve_hold::<Self>(txn, branch, hold).await
     }
 
     async fn confirm(
@@ -235,60 +212,10 @@ impl Participant for BalanceParticipant {
         branch: &BranchRef,
         _: &WalletHold,
     ) -> Result<(), BusinessError> {
-        let Some(freeze) = Self::settle(txn, branch, HoldState::Committed).await? else {
-            return match Self::freeze_of(txn, branch).await?.map(|f| f.state) {
-                None => Err(BusinessError::rejected(format!("no freeze for branch {branch}"))),
-                Some(HoldState::Committed) => Ok(()),
-                Some(HoldState::Released) => Err(BusinessError::rejected("freeze was already released")),
-                Some(HoldState::Reserved) => Err(BusinessError::retryable("freeze changed concurrently")),
-            };
-        };
-        let deducted = wallet::Entity::update_many()
-            .col_expr(
-                wallet::Column::Frozen,
-                Expr::col(wallet::Column::Frozen).sub(freeze.amount),
-            )
-            .filter(wallet::Column::AccountId.eq(freeze.account_id.as_str()))
-            .filter(wallet::Column::Frozen.gte(freeze.amount))
-            .exec(txn)
-            .await?;
-        if deducted.rows_affected != 1 {
-            return Err(BusinessError::rejected(format!(
-                "ledger inconsistent: wallet {} has less frozen than freeze {branch}",
-                freeze.account_id
-            )));
-        }
-        Ok(())
+        ledger::settle_hold::<Self>(txn, branch, Settlement::Commit).await
     }
 
     async fn cancel(&self, txn: &DatabaseTransaction, branch: &BranchRef, _: &WalletHold) -> Result<(), BusinessError> {
-        let Some(freeze) = Self::settle(txn, branch, HoldState::Released).await? else {
-            return match Self::freeze_of(txn, branch).await?.map(|f| f.state) {
-                // Nothing was frozen, so there is nothing to release.
-                None | Some(HoldState::Released) => Ok(()),
-                Some(HoldState::Committed) => Err(BusinessError::rejected("freeze was already committed")),
-                Some(HoldState::Reserved) => Err(BusinessError::retryable("freeze changed concurrently")),
-            };
-        };
-        let released = wallet::Entity::update_many()
-            .col_expr(
-                wallet::Column::Frozen,
-                Expr::col(wallet::Column::Frozen).sub(freeze.amount),
-            )
-            .col_expr(
-                wallet::Column::Available,
-                Expr::col(wallet::Column::Available).add(freeze.amount),
-            )
-            .filter(wallet::Column::AccountId.eq(freeze.account_id.as_str()))
-            .filter(wallet::Column::Frozen.gte(freeze.amount))
-            .exec(txn)
-            .await?;
-        if released.rows_affected != 1 {
-            return Err(BusinessError::rejected(format!(
-                "ledger inconsistent: wallet {} has less frozen than freeze {branch}",
-                freeze.account_id
-            )));
-        }
-        Ok(())
+        ledger::settle_hold::<Self>(txn, branch, Settlement::Release).await
     }
 }

@@ -3,13 +3,14 @@
 //! goes down); cancel voids it.
 
 use crate::Error;
-use crate::ledger::{self, Audit, DEMO_CURRENCY, DEMO_SETTLEMENT_BALANCE, FROZEN_SETTLEMENT_ACCOUNT, HoldState};
-use crate::sdk::barrier::count_barrier_records;
-use crate::sdk::{BranchRef, BusinessError, Participant, async_trait, now_ms};
+use crate::ledger::{
+    self, Adjust, Audit, DEMO_SETTLEMENT_BALANCE, FROZEN_SETTLEMENT_ACCOUNT, HoldLedger, HoldWords, Settlement,
+};
+use crate::sdk::{BranchRef, BusinessError, Participant, async_trait};
 use kessai_messages::payment::{BANK, Currency, DEFAULT_SETTLEMENT_ACCOUNT, SettlementTransfer};
 use sea_orm::ActiveValue::Set;
 use sea_orm::sea_query::{Expr, ExprTrait};
-use sea_orm::{ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter};
+use sea_orm::{ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter, UpdateMany};
 
 /// The `settlement_accounts` and `transfers` tables.
 pub mod entity {
@@ -106,7 +107,7 @@ impl BankParticipant {
     /// The demo data set: `settlement-main` with [`DEMO_SETTLEMENT_BALANCE`] EUR, and
     /// `settlement-frozen` (same balance, frozen) for failure injection.
     pub async fn seed_demo(db: &DatabaseConnection) -> Result<u64, Error> {
-        let currency = Currency::new(DEMO_CURRENCY).map_err(|e| Error::Invalid(e.to_string()))?;
+        let currency = ledger::demo_currency()?;
         Self::seed(
             db,
             [(DEFAULT_SETTLEMENT_ACCOUNT, false), (FROZEN_SETTLEMENT_ACCOUNT, true)].map(|(id, frozen)| {
@@ -123,24 +124,7 @@ impl BankParticipant {
 
     /// Reads the books (see [`Audit`]).
     pub async fn audit(db: &DatabaseConnection) -> Result<Audit, Error> {
-        let accounts = settlement_account::Entity::find().all(db).await?;
-        let transfers = transfer::Entity::find().all(db).await?;
-        let opening = ledger::total(BANK, "opening", accounts.iter().map(|a| a.opening))?;
-        let balance = ledger::total(BANK, "balance", accounts.iter().map(|a| a.balance))?;
-        let (effects, branch_effects) = Audit::collect_holds(
-            BANK,
-            transfers
-                .into_iter()
-                .map(|t| (t.saga_id, t.branch_id, t.state, t.amount)),
-        )?;
-        Ok(Audit {
-            participant: BANK,
-            effects,
-            branch_effects,
-            moved: opening - balance,
-            reserved: ledger::total(BANK, "reserved", accounts.iter().map(|a| a.reserved))?,
-            barrier_records: count_barrier_records(db).await?,
-        })
+        ledger::audit::<Self>(db).await
     }
 
     /// One settlement account, for tests and SRE tools.
@@ -162,60 +146,77 @@ impl BankParticipant {
             .await?;
         Ok(result.rows_affected == 1)
     }
+}
 
-    /// Why the conditional reservation matched no row.
-    async fn refusal(txn: &DatabaseTransaction, t: &SettlementTransfer) -> Result<BusinessError, BusinessError> {
-        let Some(a) = settlement_account::Entity::find_by_id(t.settlement_account.clone())
-            .one(txn)
-            .await?
-        else {
-            return Ok(BusinessError::rejected(format!(
-                "unknown settlement account {}",
-                t.settlement_account
-            )));
-        };
-        if a.frozen {
-            return Ok(BusinessError::rejected(format!(
-                "settlement account {} is frozen",
-                t.settlement_account
-            )));
-        }
-        if a.currency != t.currency.as_str() {
-            return Ok(BusinessError::rejected(format!(
+impl HoldLedger for BankParticipant {
+    const NAME: &'static str = BANK;
+    type Account = settlement_account::Entity;
+    type Hold = transfer::Entity;
+    const HOLD_ACCOUNT: transfer::Column = transfer::Column::SettlementAccount;
+    const WORDS: HoldWords = HoldWords {
+        missing: "reserved transfer",
+        hold: "transfer",
+        already_released: "transfer was already voided",
+        already_committed: "transfer was already executed",
+        account: "settlement account",
+        shortfall: "has less reserved than transfer",
+    };
+
+    fn request(t: &SettlementTransfer) -> (&str, i64) {
+        (&t.settlement_account, t.amount)
+    }
+
+    fn held(transfer: &transfer::Model) -> (&str, i64) {
+        (&transfer.settlement_account, transfer.amount)
+    }
+
+    fn reserve(t: &SettlementTransfer) -> UpdateMany<settlement_account::Entity> {
+        let available =
+            Expr::col(settlement_account::Column::Balance).sub(Expr::col(settlement_account::Column::Reserved));
+        settlement_account::Entity::update_many()
+            .raise(settlement_account::Column::Reserved, t.amount)
+            .filter(settlement_account::Column::AccountId.eq(t.settlement_account.as_str()))
+            .filter(settlement_account::Column::Frozen.eq(false))
+            .filter(settlement_account::Column::Currency.eq(t.currency.as_str()))
+            .filter(available.gte(t.amount))
+    }
+
+    fn refusal(account: Option<settlement_account::Model>, t: &SettlementTransfer) -> String {
+        match account {
+            None => format!("unknown settlement account {}", t.settlement_account),
+            Some(a) if a.frozen => format!("settlement account {} is frozen", t.settlement_account),
+            Some(a) if a.currency != t.currency.as_str() => format!(
                 "currency mismatch: settlement account {} is in {}, payment is in {}",
                 t.settlement_account, a.currency, t.currency
-            )));
+            ),
+            Some(_) => format!("insufficient settlement funds in {}", t.settlement_account),
         }
-        Ok(BusinessError::rejected(format!(
-            "insufficient settlement funds in {}",
-            t.settlement_account
-        )))
     }
 
-    async fn transfer_of(
-        txn: &DatabaseTransaction,
-        branch: &BranchRef,
-    ) -> Result<Option<transfer::Model>, BusinessError> {
-        Ok(transfer::Entity::find_by_id((branch.saga_key(), branch.branch_key()))
-            .one(txn)
-            .await?)
+    /// The transfer executes: the balance goes down.
+    fn commit(account: &str, amount: i64) -> UpdateMany<settlement_account::Entity> {
+        settlement_account::Entity::update_many()
+            .lower(settlement_account::Column::Balance, amount)
+            .lower(settlement_account::Column::Reserved, amount)
+            .filter(settlement_account::Column::AccountId.eq(account))
+            .filter(settlement_account::Column::Reserved.gte(amount))
+            .filter(settlement_account::Column::Balance.gte(amount))
     }
 
-    /// Moves the branch's transfer from `reserved` to `to` and returns it, in one
-    /// statement; `None` if no transfer of this branch was reserved (the rare case: the
-    /// caller then reads the transfer to say why).
-    async fn settle(
-        txn: &DatabaseTransaction,
-        branch: &BranchRef,
-        to: HoldState,
-    ) -> Result<Option<transfer::Model>, BusinessError> {
-        let update = transfer::Entity::update_many()
-            .col_expr(transfer::Column::State, Expr::value(to))
-            .col_expr(transfer::Column::UpdatedAtMs, Expr::value(now_ms()))
-            .filter(transfer::Column::SagaId.eq(branch.saga_key()))
-            .filter(transfer::Column::BranchId.eq(branch.branch_key()))
-            .filter(transfer::Column::State.eq(HoldState::Reserved));
-        Ok(ledger::update_returning(txn, update).await?)
+    /// The transfer is voided.
+    fn release(account: &str, amount: i64) -> UpdateMany<settlement_account::Entity> {
+        settlement_account::Entity::update_many()
+            .lower(settlement_account::Column::Reserved, amount)
+            .filter(settlement_account::Column::AccountId.eq(account))
+            .filter(settlement_account::Column::Reserved.gte(amount))
+    }
+
+    /// Moved: Σopening − Σbalance; reserved: Σreserved.
+    fn books(accounts: &[settlement_account::Model]) -> Result<(i64, i64), Error> {
+        let opening = ledger::total(BANK, "opening", accounts.iter().map(|a| a.opening))?;
+        let balance = ledger::total(BANK, "balance", accounts.iter().map(|a| a.balance))?;
+        let reserved = ledger::total(BANK, "reserved", accounts.iter().map(|a| a.reserved))?;
+        Ok((opening - balance, reserved))
     }
 }
 
@@ -233,33 +234,7 @@ impl Participant for BankParticipant {
         branch: &BranchRef,
         t: &SettlementTransfer,
     ) -> Result<(), BusinessError> {
-        let available =
-            Expr::col(settlement_account::Column::Balance).sub(Expr::col(settlement_account::Column::Reserved));
-        let reserved = settlement_account::Entity::update_many()
-            .col_expr(
-                settlement_account::Column::Reserved,
-                Expr::col(settlement_account::Column::Reserved).add(t.amount),
-            )
-            .filter(settlement_account::Column::AccountId.eq(t.settlement_account.as_str()))
-            .filter(settlement_account::Column::Frozen.eq(false))
-            .filter(settlement_account::Column::Currency.eq(t.currency.as_str()))
-            .filter(available.gte(t.amount))
-            .exec(txn)
-            .await?;
-        if reserved.rows_affected != 1 {
-            return Err(Self::refusal(txn, t).await?);
-        }
-        transfer::Entity::insert(transfer::ActiveModel {
-            saga_id: Set(branch.saga_key()),
-            branch_id: Set(branch.branch_key()),
-            settlement_account: Set(t.settlement_account.clone()),
-            amount: Set(t.amount),
-            state: Set(HoldState::Reserved),
-            updated_at_ms: Set(now_ms()),
-        })
-        .exec_without_returning(txn)
-        .await?;
-        Ok(())
+        ledger::reserve_hold::<Self>(txn, branch, t).await
     }
 
     async fn confirm(
@@ -268,37 +243,7 @@ impl Participant for BankParticipant {
         branch: &BranchRef,
         _: &SettlementTransfer,
     ) -> Result<(), BusinessError> {
-        let Some(transfer) = Self::settle(txn, branch, HoldState::Committed).await? else {
-            return match Self::transfer_of(txn, branch).await?.map(|h| h.state) {
-                None => Err(BusinessError::rejected(format!(
-                    "no reserved transfer for branch {branch}"
-                ))),
-                Some(HoldState::Committed) => Ok(()),
-                Some(HoldState::Released) => Err(BusinessError::rejected("transfer was already voided")),
-                Some(HoldState::Reserved) => Err(BusinessError::retryable("transfer changed concurrently")),
-            };
-        };
-        let executed = settlement_account::Entity::update_many()
-            .col_expr(
-                settlement_account::Column::Balance,
-                Expr::col(settlement_account::Column::Balance).sub(transfer.amount),
-            )
-            .col_expr(
-                settlement_account::Column::Reserved,
-                Expr::col(settlement_account::Column::Reserved).sub(transfer.amount),
-            )
-            .filter(settlement_account::Column::AccountId.eq(transfer.settlement_account.as_str()))
-            .filter(settlement_account::Column::Reserved.gte(transfer.amount))
-            .filter(settlement_account::Column::Balance.gte(transfer.amount))
-            .exec(txn)
-            .await?;
-        if executed.rows_affected != 1 {
-            return Err(BusinessError::rejected(format!(
-                "ledger inconsistent: settlement account {} has less reserved than transfer {branch}",
-                transfer.settlement_account
-            )));
-        }
-        Ok(())
+        ledger::settle_hold::<Self>(txn, branch, Settlement::Commit).await
     }
 
     async fn cancel(
@@ -307,29 +252,6 @@ impl Participant for BankParticipant {
         branch: &BranchRef,
         _: &SettlementTransfer,
     ) -> Result<(), BusinessError> {
-        let Some(transfer) = Self::settle(txn, branch, HoldState::Released).await? else {
-            return match Self::transfer_of(txn, branch).await?.map(|h| h.state) {
-                // Nothing was held, so there is nothing to release.
-                None | Some(HoldState::Released) => Ok(()),
-                Some(HoldState::Committed) => Err(BusinessError::rejected("transfer was already executed")),
-                Some(HoldState::Reserved) => Err(BusinessError::retryable("transfer changed concurrently")),
-            };
-        };
-        let voided = settlement_account::Entity::update_many()
-            .col_expr(
-                settlement_account::Column::Reserved,
-                Expr::col(settlement_account::Column::Reserved).sub(transfer.amount),
-            )
-            .filter(settlement_account::Column::AccountId.eq(transfer.settlement_account.as_str()))
-            .filter(settlement_account::Column::Reserved.gte(transfer.amount))
-            .exec(txn)
-            .await?;
-        if voided.rows_affected != 1 {
-            return Err(BusinessError::rejected(format!(
-                "ledger inconsistent: settlement account {} has less reserved than transfer {branch}",
-                transfer.settlement_account
-            )));
-        }
-        Ok(())
+        ledger::settle_hold::<Self>(txn, branch, Settlement::Release).await
     }
 }

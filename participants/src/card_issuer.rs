@@ -3,13 +3,12 @@
 //! releases it.
 
 use crate::Error;
-use crate::ledger::{self, Audit, DEMO_ACCOUNTS, DEMO_BALANCE, DEMO_CURRENCY, HoldState};
-use crate::sdk::barrier::count_barrier_records;
-use crate::sdk::{BranchRef, BusinessError, Participant, async_trait, now_ms};
+use crate::ledger::{self, Adjust, Audit, DEMO_ACCOUNTS, DEMO_BALANCE, HoldLedger, HoldWords, Settlement};
+use crate::sdk::{BranchRef, BusinessError, Participant, async_trait};
 use kessai_messages::payment::{CARD_ISSUER, CardAuthorization, Currency};
 use sea_orm::ActiveValue::Set;
 use sea_orm::sea_query::{Expr, ExprTrait};
-use sea_orm::{ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter};
+use sea_orm::{ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter, UpdateMany};
 
 /// The `cards` and `card_holds` tables.
 pub mod entity {
@@ -99,7 +98,7 @@ impl CardIssuerParticipant {
     /// The demo data set: cards `card-1..=card-10000`, each with a [`DEMO_BALANCE`]
     /// EUR credit limit.
     pub async fn seed_demo(db: &DatabaseConnection) -> Result<u64, Error> {
-        let currency = Currency::new(DEMO_CURRENCY).map_err(|e| Error::Invalid(e.to_string()))?;
+        let currency = ledger::demo_currency()?;
         Self::seed(
             db,
             (1..=DEMO_ACCOUNTS).map(|i| CardSeed {
@@ -113,62 +112,80 @@ impl CardIssuerParticipant {
 
     /// Reads the books (see [`Audit`]).
     pub async fn audit(db: &DatabaseConnection) -> Result<Audit, Error> {
-        let cards = card::Entity::find().all(db).await?;
-        let holds = card_hold::Entity::find().all(db).await?;
-        let (effects, branch_effects) = Audit::collect_holds(
-            CARD_ISSUER,
-            holds.into_iter().map(|h| (h.saga_id, h.branch_id, h.state, h.amount)),
-        )?;
-        Ok(Audit {
-            participant: CARD_ISSUER,
-            effects,
-            branch_effects,
-            moved: ledger::total(CARD_ISSUER, "captured", cards.iter().map(|c| c.captured))?,
-            reserved: ledger::total(CARD_ISSUER, "held", cards.iter().map(|c| c.held))?,
-            barrier_records: count_barrier_records(db).await?,
-        })
+        ledger::audit::<Self>(db).await
     }
 
     /// One card, for tests and SRE tools.
     pub async fn card(db: &DatabaseConnection, card_id: &str) -> Result<Option<card::Model>, Error> {
         Ok(card::Entity::find_by_id(card_id.to_owned()).one(db).await?)
     }
+}
 
-    /// Why the conditional hold matched no row.
-    async fn refusal(txn: &DatabaseTransaction, auth: &CardAuthorization) -> Result<BusinessError, BusinessError> {
-        let Some(c) = card::Entity::find_by_id(auth.card_id.clone()).one(txn).await? else {
-            return Ok(BusinessError::rejected(format!("unknown card {}", auth.card_id)));
-        };
-        if c.currency != auth.currency.as_str() {
-            return Ok(BusinessError::rejected(format!(
+impl HoldLedger for CardIssuerParticipant {
+    const NAME: &'static str = CARD_ISSUER;
+    type Account = card::Entity;
+    type Hold = card_hold::Entity;
+    const HOLD_ACCOUNT: card_hold::Column = card_hold::Column::CardId;
+    const WORDS: HoldWords = HoldWords {
+        missing: "authorization hold",
+        hold: "authorization hold",
+        already_released: "authorization was already released",
+        already_committed: "authorization was already captured",
+        account: "card",
+        shortfall: "holds less than authorization",
+    };
+
+    fn request(auth: &CardAuthorization) -> (&str, i64) {
+        (&auth.card_id, auth.amount)
+    }
+
+    fn held(hold: &card_hold::Model) -> (&str, i64) {
+        (&hold.card_id, hold.amount)
+    }
+
+    fn reserve(auth: &CardAuthorization) -> UpdateMany<card::Entity> {
+        let open_to_buy = Expr::col(card::Column::CreditLimit)
+            .sub(Expr::col(card::Column::Held))
+            .sub(Expr::col(card::Column::Captured));
+        card::Entity::update_many()
+            .raise(card::Column::Held, auth.amount)
+            .filter(card::Column::CardId.eq(auth.card_id.as_str()))
+            .filter(card::Column::Currency.eq(auth.currency.as_str()))
+            .filter(open_to_buy.gte(auth.amount))
+    }
+
+    fn refusal(card: Option<card::Model>, auth: &CardAuthorization) -> String {
+        match card {
+            None => format!("unknown card {}", auth.card_id),
+            Some(c) if c.currency != auth.currency.as_str() => format!(
                 "currency mismatch: card {} is in {}, payment is in {}",
                 auth.card_id, c.currency, auth.currency
-            )));
+            ),
+            Some(_) => "credit limit exceeded".to_owned(),
         }
-        Ok(BusinessError::rejected("credit limit exceeded"))
     }
 
-    async fn hold_of(txn: &DatabaseTransaction, branch: &BranchRef) -> Result<Option<card_hold::Model>, BusinessError> {
-        Ok(card_hold::Entity::find_by_id((branch.saga_key(), branch.branch_key()))
-            .one(txn)
-            .await?)
+    fn commit(card_id: &str, amount: i64) -> UpdateMany<card::Entity> {
+        card::Entity::update_many()
+            .lower(card::Column::Held, amount)
+            .raise(card::Column::Captured, amount)
+            .filter(card::Column::CardId.eq(card_id))
+            .filter(card::Column::Held.gte(amount))
     }
 
-    /// Moves the branch's authorization hold from `reserved` to `to` and returns it, in
-    /// one statement; `None` if no hold of this branch was reserved (the rare case: the
-    /// caller then reads the hold to say why).
-    async fn settle(
-        txn: &DatabaseTransaction,
-        branch: &BranchRef,
-        to: HoldState,
-    ) -> Result<Option<card_hold::Model>, BusinessError> {
-        let update = card_hold::Entity::update_many()
-            .col_expr(card_hold::Column::State, Expr::value(to))
-            .col_expr(card_hold::Column::UpdatedAtMs, Expr::value(now_ms()))
-            .filter(card_hold::Column::SagaId.eq(branch.saga_key()))
-            .filter(card_hold::Column::BranchId.eq(branch.branch_key()))
-            .filter(card_hold::Column::State.eq(HoldState::Reserved));
-        Ok(ledger::update_returning(txn, update).await?)
+    fn release(card_id: &str, amount: i64) -> UpdateMany<card::Entity> {
+        card::Entity::update_many()
+            .lower(card::Column::Held, amount)
+            .filter(card::Column::CardId.eq(card_id))
+            .filter(card::Column::Held.gte(amount))
+    }
+
+    /// Moved: Σcaptured; reserved: Σheld.
+    fn books(cards: &[card::Model]) -> Result<(i64, i64), Error> {
+        Ok((
+            ledger::total(CARD_ISSUER, "captured", cards.iter().map(|c| c.captured))?,
+            ledger::total(CARD_ISSUER, "held", cards.iter().map(|c| c.held))?,
+        ))
     }
 }
 
@@ -186,30 +203,7 @@ impl Participant for CardIssuerParticipant {
         branch: &BranchRef,
         auth: &CardAuthorization,
     ) -> Result<(), BusinessError> {
-        let open_to_buy = Expr::col(card::Column::CreditLimit)
-            .sub(Expr::col(card::Column::Held))
-            .sub(Expr::col(card::Column::Captured));
-        let held = card::Entity::update_many()
-            .col_expr(card::Column::Held, Expr::col(card::Column::Held).add(auth.amount))
-            .filter(card::Column::CardId.eq(auth.card_id.as_str()))
-            .filter(card::Column::Currency.eq(auth.currency.as_str()))
-            .filter(open_to_buy.gte(auth.amount))
-            .exec(txn)
-            .await?;
-        if held.rows_affected != 1 {
-            return Err(Self::refusal(txn, auth).await?);
-        }
-        card_hold::Entity::insert(card_hold::ActiveModel {
-            saga_id: Set(branch.saga_key()),
-            branch_id: Set(branch.branch_key()),
-            card_id: Set(auth.card_id.clone()),
-            amount: Set(auth.amount),
-            state: Set(HoldState::Reserved),
-            updated_at_ms: Set(now_ms()),
-        })
-        .exec_without_returning(txn)
-        .await?;
-        Ok(())
+        ledger::reserve_hold::<Self>(txn, branch, auth).await
     }
 
     async fn confirm(
@@ -218,33 +212,7 @@ impl Participant for CardIssuerParticipant {
         branch: &BranchRef,
         _: &CardAuthorization,
     ) -> Result<(), BusinessError> {
-        let Some(hold) = Self::settle(txn, branch, HoldState::Committed).await? else {
-            return match Self::hold_of(txn, branch).await?.map(|h| h.state) {
-                None => Err(BusinessError::rejected(format!(
-                    "no authorization hold for branch {branch}"
-                ))),
-                Some(HoldState::Committed) => Ok(()),
-                Some(HoldState::Released) => Err(BusinessError::rejected("authorization was already released")),
-                Some(HoldState::Reserved) => Err(BusinessError::retryable("authorization hold changed concurrently")),
-            };
-        };
-        let captured = card::Entity::update_many()
-            .col_expr(card::Column::Held, Expr::col(card::Column::Held).sub(hold.amount))
-            .col_expr(
-                card::Column::Captured,
-                Expr::col(card::Column::Captured).add(hold.amount),
-            )
-            .filter(card::Column::CardId.eq(hold.card_id.as_str()))
-            .filter(card::Column::Held.gte(hold.amount))
-            .exec(txn)
-            .await?;
-        if captured.rows_affected != 1 {
-            return Err(BusinessError::rejected(format!(
-                "ledger inconsistent: card {} holds less than authorization {branch}",
-                hold.card_id
-            )));
-        }
-        Ok(())
+        ledger::settle_hold::<Self>(txn, branch, Settlement::Commit).await
     }
 
     async fn cancel(
@@ -253,26 +221,6 @@ impl Participant for CardIssuerParticipant {
         branch: &BranchRef,
         _: &CardAuthorization,
     ) -> Result<(), BusinessError> {
-        let Some(hold) = Self::settle(txn, branch, HoldState::Released).await? else {
-            return match Self::hold_of(txn, branch).await?.map(|h| h.state) {
-                // Nothing was held, so there is nothing to release.
-                None | Some(HoldState::Released) => Ok(()),
-                Some(HoldState::Committed) => Err(BusinessError::rejected("authorization was already captured")),
-                Some(HoldState::Reserved) => Err(BusinessError::retryable("authorization hold changed concurrently")),
-            };
-        };
-        let released = card::Entity::update_many()
-            .col_expr(card::Column::Held, Expr::col(card::Column::Held).sub(hold.amount))
-            .filter(card::Column::CardId.eq(hold.card_id.as_str()))
-            .filter(card::Column::Held.gte(hold.amount))
-            .exec(txn)
-            .await?;
-        if released.rows_affected != 1 {
-            return Err(BusinessError::rejected(format!(
-                "ledger inconsistent: card {} holds less than authorization {branch}",
-                hold.card_id
-            )));
-        }
-        Ok(())
+        ledger::settle_hold::<Self>(txn, branch, Settlement::Release).await
     }
 }

@@ -14,7 +14,10 @@
 //!   report the chaos checks read, seeding helpers and the demo data set.
 //! - [`balance`], [`card_issuer`], [`bank`]: the three reference participants, each
 //!   with its ledger entities, `seed` / `seed_demo` and `audit`.
-//! - [`reference`](mod@reference): [`ReferenceParticipant`], the three by name, for binaries.
+//! - [`registry`]: [`Registry`] — one descriptor per participant (name, payload,
+//!   migrator, demo seed, audit, how to run it) that services, the harness and the
+//!   tests iterate; [`Registrable`] is what a participant type implements to join it.
+//! - [`reference`](mod@reference): the three reference participants' registrations.
 //! - [`Error`]: the crate's error, which says retryable (requeue) or permanent
 //!   (dead-letter).
 //!
@@ -38,6 +41,7 @@ pub mod card_issuer;
 mod error;
 pub mod ledger;
 pub mod reference;
+pub mod registry;
 pub mod sdk;
 
 pub use balance::BalanceParticipant;
@@ -45,7 +49,7 @@ pub use bank::BankParticipant;
 pub use card_issuer::CardIssuerParticipant;
 pub use error::Error;
 pub use ledger::{Audit, Effect, HoldState};
-pub use reference::ReferenceParticipant;
+pub use registry::{RegisteredParticipant, Registrable, Registry, database_name};
 pub use sdk::barrier::{BarrierRecord, barrier_records, handle_command};
 pub use sdk::runtime::{BatchReport, ParticipantRuntime, RuntimeConfig};
 pub use sdk::{BranchRef, BusinessError, Participant};

@@ -3,20 +3,19 @@
 
 mod common;
 
-use common::{command, rejected, run, spawn_db};
+use common::{Books, assert_settled, command, rejected};
 use kessai_messages::payment::{BANK, DEFAULT_SETTLEMENT_ACCOUNT};
 use kessai_messages::{Envelope, Operation, Outcome, SagaId};
 use kessai_migrations::Service;
 use kessai_participants::ledger::{DEMO_SETTLEMENT_BALANCE, FROZEN_SETTLEMENT_ACCOUNT};
-use kessai_participants::sdk::barrier::CANCELLED_BEFORE_TRY;
 use kessai_participants::{BankParticipant, Effect, barrier_records};
 use sea_orm::DatabaseConnection;
 use serde_json::json;
 
-async fn setup() -> (tempfile::TempDir, DatabaseConnection) {
-    let (dir, db) = spawn_db(Service::Bank).await;
-    assert_eq!(BankParticipant::seed_demo(&db).await.unwrap(), 2);
-    (dir, db)
+async fn setup() -> Books<BankParticipant> {
+    let books = Books::open(Service::Bank, BankParticipant, cmd).await;
+    assert_eq!(BankParticipant::seed_demo(&books.db).await.unwrap(), 2);
+    books
 }
 
 fn cmd_on(account: &str, saga: SagaId, op: Operation, amount: i64) -> Envelope {
@@ -45,91 +44,83 @@ async fn account(db: &DatabaseConnection) -> (i64, i64) {
 
 #[tokio::test]
 async fn reserve_execute_and_void() {
-    let (_dir, db) = setup().await;
-    let p = BankParticipant;
+    let books = setup().await;
     let (a, b) = (SagaId::new(), SagaId::new());
-    assert_eq!(run(&p, &db, &cmd(a, Operation::Try, 700)).await, Outcome::Ok);
-    assert_eq!(run(&p, &db, &cmd(b, Operation::Try, 300)).await, Outcome::Ok);
-    assert_eq!(account(&db).await, (DEMO_SETTLEMENT_BALANCE, 1_000));
+    assert_eq!(books.run(a, Operation::Try, 700).await, Outcome::Ok);
+    assert_eq!(books.run(b, Operation::Try, 300).await, Outcome::Ok);
+    assert_eq!(account(&books.db).await, (DEMO_SETTLEMENT_BALANCE, 1_000));
     for _ in 0..2 {
-        assert_eq!(run(&p, &db, &cmd(a, Operation::Confirm, 700)).await, Outcome::Ok);
-        assert_eq!(run(&p, &db, &cmd(b, Operation::Cancel, 300)).await, Outcome::Ok);
+        assert_eq!(books.run(a, Operation::Confirm, 700).await, Outcome::Ok);
+        assert_eq!(books.run(b, Operation::Cancel, 300).await, Outcome::Ok);
     }
-    assert_eq!(account(&db).await, (DEMO_SETTLEMENT_BALANCE - 700, 0));
-    let audit = BankParticipant::audit(&db).await.unwrap();
-    assert_eq!(audit.moved, 700);
-    assert_eq!(audit.reserved, 0);
+    assert_eq!(account(&books.db).await, (DEMO_SETTLEMENT_BALANCE - 700, 0));
+    let audit = BankParticipant::audit(&books.db).await.unwrap();
+    assert_settled(&audit, 700);
     assert_eq!(audit.effects[&a], Effect::Committed(700));
     assert_eq!(audit.effects[&b], Effect::Released(300));
-    assert!(audit.is_consistent());
 }
 
 #[tokio::test]
 async fn frozen_account_rejects_the_try_and_cancel_is_a_no_op() {
-    let (_dir, db) = setup().await;
-    let p = BankParticipant;
+    let books = setup().await;
     let saga = SagaId::new();
-    let outcome = run(&p, &db, &cmd_on(FROZEN_SETTLEMENT_ACCOUNT, saga, Operation::Try, 50)).await;
+    let outcome = books
+        .run_envelope(&cmd_on(FROZEN_SETTLEMENT_ACCOUNT, saga, Operation::Try, 50))
+        .await;
     assert_eq!(
         rejected(&outcome),
         Some("settlement account settlement-frozen is frozen")
     );
     assert_eq!(
-        run(&p, &db, &cmd_on(FROZEN_SETTLEMENT_ACCOUNT, saga, Operation::Cancel, 50)).await,
+        books
+            .run_envelope(&cmd_on(FROZEN_SETTLEMENT_ACCOUNT, saga, Operation::Cancel, 50))
+            .await,
         Outcome::Ok
     );
-    let frozen = BankParticipant::account(&db, FROZEN_SETTLEMENT_ACCOUNT)
+    let frozen = BankParticipant::account(&books.db, FROZEN_SETTLEMENT_ACCOUNT)
         .await
         .unwrap()
         .unwrap();
     assert_eq!((frozen.balance, frozen.reserved), (DEMO_SETTLEMENT_BALANCE, 0));
-    let audit = BankParticipant::audit(&db).await.unwrap();
+    let audit = BankParticipant::audit(&books.db).await.unwrap();
     assert!(audit.effects.is_empty());
     assert_eq!(audit.moved, 0);
 }
 
 #[tokio::test]
 async fn insufficient_settlement_funds_counts_reservations() {
-    let (_dir, db) = setup().await;
-    let p = BankParticipant;
+    let books = setup().await;
     let big = DEMO_SETTLEMENT_BALANCE - 10;
-    assert_eq!(
-        run(&p, &db, &cmd(SagaId::new(), Operation::Try, big)).await,
-        Outcome::Ok
-    );
-    let short = run(&p, &db, &cmd(SagaId::new(), Operation::Try, 11)).await;
+    assert_eq!(books.run(SagaId::new(), Operation::Try, big).await, Outcome::Ok);
+    let short = books.run(SagaId::new(), Operation::Try, 11).await;
     assert!(rejected(&short).unwrap().starts_with("insufficient settlement funds"));
-    assert_eq!(account(&db).await, (DEMO_SETTLEMENT_BALANCE, big));
+    assert_eq!(account(&books.db).await, (DEMO_SETTLEMENT_BALANCE, big));
 }
 
 #[tokio::test]
 async fn anti_hanging_and_no_confirm_after_cancel() {
-    let (_dir, db) = setup().await;
-    let p = BankParticipant;
+    let books = setup().await;
     let saga = SagaId::new();
-    assert_eq!(run(&p, &db, &cmd(saga, Operation::Cancel, 500)).await, Outcome::Ok);
-    let late = run(&p, &db, &cmd(saga, Operation::Try, 500)).await;
-    assert_eq!(rejected(&late), Some(CANCELLED_BEFORE_TRY));
-    let confirm = run(&p, &db, &cmd(saga, Operation::Confirm, 500)).await;
+    books.cancel_then_late_try(saga, 500, 1).await;
+    let confirm = books.run(saga, Operation::Confirm, 500).await;
     assert!(matches!(confirm, Outcome::Retryable { .. }));
-    assert_eq!(account(&db).await, (DEMO_SETTLEMENT_BALANCE, 0));
-    let records = barrier_records(&db, saga).await.unwrap();
+    assert_eq!(account(&books.db).await, (DEMO_SETTLEMENT_BALANCE, 0));
+    let records = barrier_records(&books.db, saga).await.unwrap();
     assert!(records.iter().all(|r| r.operation != Operation::Confirm));
-    assert!(BankParticipant::audit(&db).await.unwrap().effects.is_empty());
+    assert!(BankParticipant::audit(&books.db).await.unwrap().effects.is_empty());
 }
 
 #[tokio::test]
 async fn frozen_after_try_still_settles() {
     // Freezing an account stops new transfers, not ones already reserved.
-    let (_dir, db) = setup().await;
-    let p = BankParticipant;
+    let books = setup().await;
     let saga = SagaId::new();
-    assert_eq!(run(&p, &db, &cmd(saga, Operation::Try, 40)).await, Outcome::Ok);
+    assert_eq!(books.run(saga, Operation::Try, 40).await, Outcome::Ok);
     assert!(
-        BankParticipant::set_frozen(&db, DEFAULT_SETTLEMENT_ACCOUNT, true)
+        BankParticipant::set_frozen(&books.db, DEFAULT_SETTLEMENT_ACCOUNT, true)
             .await
             .unwrap()
     );
-    assert_eq!(run(&p, &db, &cmd(saga, Operation::Confirm, 40)).await, Outcome::Ok);
-    assert_eq!(account(&db).await, (DEMO_SETTLEMENT_BALANCE - 40, 0));
+    assert_eq!(books.run(saga, Operation::Confirm, 40).await, Outcome::Ok);
+    assert_eq!(account(&books.db).await, (DEMO_SETTLEMENT_BALANCE - 40, 0));
 }

@@ -3,19 +3,21 @@
 
 mod common;
 
-use common::{REPLY_QUEUE, command, eur, spawn_db};
-use kessai_messages::payment::{BALANCE, WalletHold};
+use common::{
+    REPLY_QUEUE, assert_tries_took_effect_once, balance_cmd, balance_queue, balance_then, command, seed_wallets,
+    send_all, spawn_db, wallet_hold,
+};
+use futures::FutureExt;
+use kessai_messages::payment::BALANCE;
 use kessai_messages::{Envelope, Operation, Outcome, SagaId};
 use kessai_migrations::Service;
-use kessai_participants::balance::WalletSeed;
 use kessai_participants::{
-    BalanceParticipant, BranchRef, BusinessError, Participant, ParticipantRuntime, RuntimeConfig, handle_command,
+    BalanceParticipant, BusinessError, Participant, ParticipantRuntime, RuntimeConfig, handle_command,
 };
 use kessai_transport::{
-    ConsumeOptions, DEAD_LETTER_REASON, Delivery, MemoryTransport, OutgoingMessage, Topology, Transport,
-    dead_letter_queue,
+    ConsumeOptions, DEAD_LETTER_REASON, Delivery, MemoryTransport, OutgoingMessage, Transport, dead_letter_queue,
 };
-use sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
+use sea_orm::{DatabaseConnection, TransactionTrait};
 use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,19 +37,8 @@ struct Harness {
 impl Harness {
     async fn new() -> Self {
         let (dir, db) = spawn_db(Service::Balance).await;
-        BalanceParticipant::seed(
-            &db,
-            (1..=3).map(|i| WalletSeed {
-                account_id: format!("acct-{i}"),
-                currency: eur(),
-                opening: OPENING,
-            }),
-        )
-        .await
-        .unwrap();
-        let transport = MemoryTransport::new();
-        let queue = Topology::default().command_queue(BALANCE);
-        transport.declare(&queue).await.unwrap();
+        seed_wallets(&db, 3, OPENING).await;
+        let (transport, queue) = balance_queue().await;
         transport.declare(REPLY_QUEUE).await.unwrap();
         Self {
             _dir: dir,
@@ -89,7 +80,7 @@ impl Harness {
     }
 
     async fn send(&self, envelope: &Envelope) {
-        self.send_bytes(envelope.encode()).await;
+        send_all(&self.transport, &self.queue, std::slice::from_ref(envelope)).await;
     }
 
     /// Waits for `n` deliveries on `queue`, acks them and returns them.
@@ -105,17 +96,7 @@ impl Harness {
             )
             .await
             .unwrap();
-        let mut got = Vec::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while got.len() < n {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "only {} of {n} messages arrived on {queue}",
-                got.len()
-            );
-            got.extend(consumer.next_batch(n - got.len()).await.unwrap());
-        }
-        got
+        kessai_testkit::receive_exactly(&mut consumer, n, Duration::from_secs(20), queue).await
     }
 
     /// Waits for `n` replies and decodes them.
@@ -129,20 +110,13 @@ impl Harness {
     }
 
     async fn wallet(&self, account: &str) -> (i64, i64) {
-        let w = BalanceParticipant::wallet(&self.db, account).await.unwrap().unwrap();
-        (w.available, w.frozen)
+        common::wallet(&self.db, account).await
     }
 }
 
 fn try_cmd(saga: SagaId, account: &str, amount: i64, attempt: u32) -> Envelope {
-    let mut e = command(
-        BALANCE,
-        saga,
-        0,
-        Operation::Try,
-        attempt,
-        json!({"account_id": account, "amount": amount, "currency": "EUR"}),
-    );
+    let mut e = balance_cmd(saga, account, Operation::Try, amount);
+    e.attempt = attempt;
     e.headers.insert(
         "traceparent".into(),
         "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
@@ -175,15 +149,7 @@ async fn commands_in_replies_out() {
     assert_eq!(outcome(short_reply), &Outcome::rejected("insufficient funds"));
     assert_eq!(short_reply.attempt, 3);
 
-    h.send(&command(
-        BALANCE,
-        ok,
-        0,
-        Operation::Confirm,
-        1,
-        json!({"account_id": "acct-1", "amount": 100, "currency": "EUR"}),
-    ))
-    .await;
+    h.send(&balance_cmd(ok, "acct-1", Operation::Confirm, 100)).await;
     let confirm = h.replies(1).await;
     assert_eq!(confirm[0].operation, Operation::Confirm);
     assert_eq!(outcome(&confirm[0]), &Outcome::Ok);
@@ -206,22 +172,15 @@ async fn poison_is_dead_lettered_and_service_continues() {
     let mut future_version = serde_json::to_value(try_cmd(saga, "acct-1", 1, 1)).unwrap();
     future_version["v"] = json!(99);
     h.send_bytes(serde_json::to_vec(&future_version).unwrap()).await;
-    h.send(&command(
-        BALANCE,
-        saga,
-        0,
-        Operation::Try,
-        1,
-        json!({"account_id": "acct-1", "amount": "lots", "currency": "EUR"}),
-    ))
-    .await;
+    let lots = json!({"account_id": "acct-1", "amount": "lots", "currency": "EUR"});
+    h.send(&command(BALANCE, saga, 0, Operation::Try, 1, lots)).await;
     h.send(&command(
         "bank",
         saga,
         0,
         Operation::Try,
         1,
-        json!({"account_id": "acct-1", "amount": 1, "currency": "EUR"}),
+        wallet_hold("acct-1", 1, "EUR"),
     ))
     .await;
     h.send(&try_cmd(saga, "acct-1", 1, 1).reply(BALANCE, Outcome::Ok)).await;
@@ -329,49 +288,28 @@ async fn process_batch_by_hand_reports_settlement() {
 }
 
 /// Refuses retryably the first `failures` times, then behaves like `balance`.
-struct Flaky {
-    failures: AtomicUsize,
-}
-
-#[kessai_participants::sdk::async_trait]
-impl Participant for Flaky {
-    type Payload = WalletHold;
-    fn name(&self) -> &'static str {
-        BALANCE
-    }
-    async fn try_(&self, txn: &DatabaseTransaction, branch: &BranchRef, p: &WalletHold) -> Result<(), BusinessError> {
-        BalanceParticipant.try_(txn, branch, p).await?;
-        if self
-            .failures
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-        {
-            return Err(BusinessError::retryable("fraud check unavailable"));
+fn flaky(failures: usize) -> impl Participant {
+    let failures = AtomicUsize::new(failures);
+    balance_then(Operation::Try, move |tried| {
+        let fail = tried.is_ok()
+            && failures
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+        async move {
+            tried?;
+            if fail {
+                return Err(BusinessError::retryable("fraud check unavailable"));
+            }
+            Ok(())
         }
-        Ok(())
-    }
-    async fn confirm(
-        &self,
-        txn: &DatabaseTransaction,
-        branch: &BranchRef,
-        p: &WalletHold,
-    ) -> Result<(), BusinessError> {
-        BalanceParticipant.confirm(txn, branch, p).await
-    }
-    async fn cancel(&self, txn: &DatabaseTransaction, branch: &BranchRef, p: &WalletHold) -> Result<(), BusinessError> {
-        BalanceParticipant.cancel(txn, branch, p).await
-    }
+        .boxed()
+    })
 }
 
 #[tokio::test]
 async fn retryable_failures_are_requeued_until_they_succeed() {
     let h = Harness::new().await;
-    let (cancel, handle) = h.start(
-        Flaky {
-            failures: AtomicUsize::new(3),
-        },
-        Harness::config(),
-    );
+    let (cancel, handle) = h.start(flaky(3), Harness::config());
     let saga = SagaId::new();
     let other = SagaId::new();
     h.send(&try_cmd(saga, "acct-1", 70, 1)).await;
@@ -407,10 +345,7 @@ async fn several_workers_share_one_sqlite_connection() {
     assert!(replies.iter().all(|r| outcome(r) == &Outcome::Ok));
     cancel.cancel();
     handle.await.unwrap().unwrap();
-    let audit = BalanceParticipant::audit(&h.db).await.unwrap();
-    assert_eq!(audit.reserved, 300);
-    assert_eq!(audit.barrier_records, 300);
-    assert!(audit.is_consistent());
+    assert_tries_took_effect_once(&h.db, 300).await;
 }
 
 #[tokio::test]

@@ -9,16 +9,21 @@
 //!   the crate [`Error`] (which says whether a failure is retryable), and queue naming
 //!   ([`Topology`]).
 //! - [`memory`]: the in-process transport used by the embedded stack and the tests.
+//! - [`tasks`]: [`Tasks`], the one supervision shape of every service's loops
+//!   (named tasks, one cancellation token; `shutdown`, `kill`, `join_next`).
 //! - [`faults`]: [`FaultyTransport`], a wrapper around any transport that drops,
 //!   duplicates, delays and reorders published messages (seeded), for chaos tests.
-//! - [`amqp`]: RabbitMQ through lapin — publisher confirms, durable queues, manual
-//!   acks, reconnection with backoff.
-//! - [`sqs`]: Amazon SQS through aws-sdk-sqs — long polling, delete-on-ack, a
-//!   visibility heartbeat per unsettled delivery, a redrive policy to `<queue>-dlq`.
-//! - [`rabbitmq_admin`]: broker outages on purpose (`rabbitmqctl stop_app` /
-//!   `start_app`) for the chaos harness and the outage tests.
-//! - [`testing`]: the skip-or-fail rule for tests that need a real service
-//!   (`KESSAI_REQUIRE_SERVICES=1`) and the broker lock outage tests take.
+//! - `amqp` (feature `amqp`): RabbitMQ through lapin — publisher confirms, durable
+//!   queues, manual acks, reconnection with backoff.
+//! - `sqs` (feature `sqs`): Amazon SQS through aws-sdk-sqs — long polling,
+//!   delete-on-ack, a visibility heartbeat per unsettled delivery, a redrive policy to
+//!   `<queue>-dlq`.
+//!
+//! ## Features
+//! `amqp` and `sqs` (both on by default) each bring one broker adapter and its client
+//! library; without them the crate is the seam, the in-process transport and the fault
+//! wrapper, which are always there. Test support (the skip-or-fail rule for real
+//! services, the broker lock, RabbitMQ outages) lives in the `kessai-testkit` crate.
 //!
 //! Data flows one way per queue: a producer calls [`Transport::publish`]; a consumer
 //! task loops on [`Consumer::next_batch`], handles each [`Delivery`] and settles it.
@@ -39,23 +44,26 @@
 //!   expire messages (RabbitMQ, in-process; SQS cannot and delivers it regardless). A
 //!   delivery already handed to a consumer does not expire.
 
+#[cfg(feature = "amqp")]
 pub mod amqp;
 pub mod faults;
 pub mod memory;
-pub mod rabbitmq_admin;
+#[cfg(feature = "sqs")]
 pub mod sqs;
-pub mod testing;
+pub mod tasks;
 
 use async_trait::async_trait;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+#[cfg(feature = "amqp")]
 pub use amqp::{AmqpConfig, AmqpTransport};
 pub use faults::{FaultConfig, FaultCounters, FaultyTransport};
 pub use memory::MemoryTransport;
-pub use rabbitmq_admin::{RabbitOutage, rabbitmqctl};
+#[cfg(feature = "sqs")]
 pub use sqs::{SqsConfig, SqsTransport};
+pub use tasks::{TaskEnd, TaskError, Tasks};
 
 /// Header naming why a message was dead-lettered.
 pub const DEAD_LETTER_REASON: &str = "x-kessai-dead-letter-reason";

@@ -3,35 +3,24 @@
 //! queues, `basic_qos` bounds unsettled deliveries, and refusals map to the right
 //! errors. Skips without RabbitMQ unless `KESSAI_REQUIRE_SERVICES=1`.
 
+#![cfg(feature = "amqp")]
+
 mod common;
 
-use common::{Kind, amqp_config, delete_queues, options, queue_name, rabbit_available, receive};
-use kessai_transport::{AmqpTransport, Error, OutgoingMessage, Transport};
+use common::{Kind, amqp, amqp_config, amqp_queue, delete_queues, options, prefetch_of_three, queue_name, raw_channel};
+use kessai_testkit::receive;
+use kessai_transport::{AmqpConfig, AmqpTransport, Error, OutgoingMessage, Transport};
 use lapin::options::{BasicGetOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use std::time::Duration;
-
-async fn raw_channel() -> (lapin::Connection, lapin::Channel) {
-    let connection = lapin::Connection::connect(
-        &kessai_transport::testing::amqp_url(),
-        lapin::ConnectionProperties::default(),
-    )
-    .await
-    .expect("raw connection");
-    let channel = connection.create_channel().await.expect("raw channel");
-    (connection, channel)
-}
 
 /// Publish goes through a confirm-mode channel: a message is persistent
 /// (delivery_mode 2) on a durable queue once `publish` returned Ok.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confirmed_publish_is_persistent_on_a_durable_queue() {
-    let Some(_lock) = rabbit_available() else {
+    let Some((transport, q, cleanup)) = amqp_queue(amqp_config()).await else {
         return;
     };
-    let transport = AmqpTransport::connect(amqp_config()).await.unwrap();
-    let q = queue_name();
-    transport.declare(&q).await.unwrap();
     let mut message = OutgoingMessage::new(b"durable".to_vec());
     message.headers.insert("traceparent".into(), "00-1-2-01".into());
     transport.publish(&q, message).await.unwrap();
@@ -50,14 +39,14 @@ async fn confirmed_publish_is_persistent_on_a_durable_queue() {
         .await;
     assert!(redeclare.is_err(), "queue should be durable");
     let _ = connection.close(200, "bye".into()).await;
-    delete_queues(Kind::Amqp, &[q]).await;
+    cleanup.done().await;
 }
 
 /// A broker Nack (here: a full queue with `reject-publish` overflow) is an error,
 /// retryable, never Ok — for `publish` and `publish_batch`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_nack_is_not_accepted() {
-    let Some(_lock) = rabbit_available() else {
+    let Some((_lock, transport)) = amqp(amqp_config()).await else {
         return;
     };
     let q = queue_name();
@@ -72,7 +61,6 @@ async fn broker_nack_is_not_accepted() {
         .queue_declare(q.as_str().into(), QueueDeclareOptions::durable(), arguments)
         .await
         .unwrap();
-    let transport = AmqpTransport::connect(amqp_config()).await.unwrap();
     let refused = transport.publish(&q, OutgoingMessage::new(b"x".to_vec())).await;
     assert!(matches!(refused, Err(Error::NotAccepted(_))), "{refused:?}");
     assert!(refused.unwrap_err().is_retryable());
@@ -93,10 +81,9 @@ async fn broker_nack_is_not_accepted() {
 /// Publishing to a queue nobody declared is reported (mandatory + return), not lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_to_an_undeclared_queue_is_not_accepted() {
-    let Some(_lock) = rabbit_available() else {
+    let Some((_lock, transport)) = amqp(amqp_config()).await else {
         return;
     };
-    let transport = AmqpTransport::connect(amqp_config()).await.unwrap();
     let refused = transport
         .publish(&queue_name(), OutgoingMessage::new(b"lost?".to_vec()))
         .await;
@@ -106,10 +93,9 @@ async fn publish_to_an_undeclared_queue_is_not_accepted() {
 /// Consuming a queue that does not exist is a permanent error, reported at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consuming_an_undeclared_queue_is_a_config_error() {
-    let Some(_lock) = rabbit_available() else {
+    let Some((_lock, transport)) = amqp(amqp_config()).await else {
         return;
     };
-    let transport = AmqpTransport::connect(amqp_config()).await.unwrap();
     let refused = transport.consume(&queue_name(), options(8)).await;
     assert!(matches!(refused, Err(Error::Config(_))), "{:?}", refused.err());
 }
@@ -118,40 +104,25 @@ async fn consuming_an_undeclared_queue_is_a_config_error() {
 /// settling makes room for more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefetch_bounds_unsettled_deliveries() {
-    let Some(_lock) = rabbit_available() else {
+    let Some((transport, q, cleanup)) = amqp_queue(amqp_config()).await else {
         return;
     };
-    let transport = AmqpTransport::connect(amqp_config()).await.unwrap();
-    let q = queue_name();
-    transport.declare(&q).await.unwrap();
-    let batch = (0..10u8).map(|i| OutgoingMessage::new(vec![b'0' + i])).collect();
-    transport.publish_batch(&q, batch).await.unwrap();
-    let mut consumer = transport.consume(&q, options(3)).await.unwrap();
-    let held = receive(&mut consumer, 10, Duration::from_secs(2)).await;
-    assert_eq!(held.len(), 3, "prefetch 3 caps unsettled deliveries");
-    for d in held {
-        d.ack().await.unwrap();
-    }
-    let more = receive(&mut consumer, 10, Duration::from_secs(2)).await;
-    assert_eq!(more.len(), 3);
+    let (consumer, more) = prefetch_of_three(&transport, &q, Duration::from_secs(2)).await;
     drop(more); // unsettled: requeued
     drop(consumer);
-    delete_queues(Kind::Amqp, &[q]).await;
+    cleanup.done().await;
 }
 
 /// The configured cap wins over a consumer asking for more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configured_prefetch_caps_the_consumers() {
-    let Some(_lock) = rabbit_available() else {
-        return;
-    };
-    let config = kessai_transport::AmqpConfig {
+    let config = AmqpConfig {
         prefetch: 2,
         ..amqp_config()
     };
-    let transport = AmqpTransport::connect(config).await.unwrap();
-    let q = queue_name();
-    transport.declare(&q).await.unwrap();
+    let Some((transport, q, cleanup)) = amqp_queue(config).await else {
+        return;
+    };
     let batch = (0..5u8).map(|i| OutgoingMessage::new(vec![i])).collect();
     transport.publish_batch(&q, batch).await.unwrap();
     let mut consumer = transport.consume(&q, options(100)).await.unwrap();
@@ -159,33 +130,30 @@ async fn configured_prefetch_caps_the_consumers() {
     assert_eq!(held.len(), 2);
     drop(held);
     drop(consumer);
-    delete_queues(Kind::Amqp, &[q]).await;
+    cleanup.done().await;
 }
 
 /// A bad URL or refused login fails at connect as a config error; a port with
 /// nothing listening is `Unavailable` (retryable).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_errors_say_whether_to_retry() {
-    let bad = AmqpTransport::connect(kessai_transport::AmqpConfig::new("not a url")).await;
+    let bad = AmqpTransport::connect(AmqpConfig::new("not a url")).await;
     assert!(matches!(bad, Err(Error::Config(_))), "{bad:?}");
-    let down = AmqpTransport::connect(kessai_transport::AmqpConfig::new("amqp://guest:guest@127.0.0.1:1/%2f")).await;
+    let down = AmqpTransport::connect(AmqpConfig::new("amqp://guest:guest@127.0.0.1:1/%2f")).await;
     assert!(matches!(down, Err(Error::Unavailable(_))), "{down:?}");
 }
 
 /// `close` ends the transport: publishing and consuming then say `Closed`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_transport_says_closed() {
-    let Some(_lock) = rabbit_available() else {
+    let Some((transport, q, cleanup)) = amqp_queue(amqp_config()).await else {
         return;
     };
-    let transport = AmqpTransport::connect(amqp_config()).await.unwrap();
-    let q = queue_name();
-    transport.declare(&q).await.unwrap();
     let mut consumer = transport.consume(&q, options(8)).await.unwrap();
     transport.close().await;
     let published = transport.publish(&q, OutgoingMessage::new(b"z".to_vec())).await;
     assert!(matches!(published, Err(Error::Closed)), "{published:?}");
     let next = consumer.next_batch(1).await;
     assert!(matches!(next, Err(Error::Closed)), "{next:?}");
-    delete_queues(Kind::Amqp, &[q]).await;
+    cleanup.done().await;
 }

@@ -13,10 +13,12 @@
 //! Needs `rabbitmqctl` on the PATH with rights to stop the local node; skips without
 //! it (or fails, with `KESSAI_REQUIRE_SERVICES=1`).
 
+#![cfg(feature = "amqp")]
+
 mod common;
 
 use common::{Kind, amqp_config, delete_queues, options, queue_name};
-use kessai_transport::testing::{self, RabbitOutage, broker_lock, rabbitmqctl};
+use kessai_testkit::{RabbitOutage, rabbitmq_for_outages};
 use kessai_transport::{AmqpConfig, AmqpTransport, OutgoingMessage, Transport};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -28,20 +30,63 @@ fn payload(id: u64) -> OutgoingMessage {
     OutgoingMessage::new(id.to_string().into_bytes())
 }
 
+/// What the publishers share: when to stop, the ids the broker confirmed, how many
+/// publishes failed.
+#[derive(Clone, Default)]
+struct Publishing {
+    stop: Arc<AtomicBool>,
+    confirmed: Arc<Mutex<BTreeSet<u64>>>,
+    errors: Arc<AtomicUsize>,
+}
+
+/// A publisher task: rounds of `batch` messages (one `publish` for 1, else one
+/// `publish_batch`) with ids `first`, `first + 2`, … until told to stop, `pause` apart.
+/// An Ok'ed round's ids are confirmed; a failed one must be retryable and is counted.
+/// Some of a failed batch may have been stored: resending it with new ids is what a
+/// relay would not do, but losses are what we check, and only Ok'ed ids count.
+fn publisher(
+    transport: &AmqpTransport,
+    q: &str,
+    publishing: &Publishing,
+    first: u64,
+    batch: u64,
+    pause: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let (transport, q, publishing) = (transport.clone(), q.to_owned(), publishing.clone());
+    tokio::spawn(async move {
+        let mut next = first;
+        while !publishing.stop.load(Ordering::SeqCst) {
+            let ids: Vec<u64> = (0..batch).map(|k| next + 2 * k).collect();
+            let (sent, call) = if batch == 1 {
+                (transport.publish(&q, payload(next)).await, "publish")
+            } else {
+                let messages = ids.iter().copied().map(payload).collect();
+                (transport.publish_batch(&q, messages).await, "publish_batch")
+            };
+            match sent {
+                Ok(()) => {
+                    publishing.confirmed.lock().unwrap().extend(&ids);
+                    next += 2 * batch;
+                }
+                Err(e) => {
+                    assert!(e.is_retryable(), "{call} failed permanently: {e}");
+                    publishing.errors.fetch_add(1, Ordering::SeqCst);
+                    if batch > 1 {
+                        next += 2 * batch;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            tokio::time::sleep(pause).await;
+        }
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn survives_a_broker_restart_without_losing_confirmed_messages() {
-    let url = testing::amqp_url();
-    if !testing::require_service("RabbitMQ", &testing::host_port(&url, 5672)) {
+    let Some(_exclusive) = rabbitmq_for_outages().await else {
         return;
-    }
-    if let Err(e) = rabbitmqctl(&["status"]) {
-        assert!(!testing::services_required(), "rabbitmqctl is required: {e}");
-        eprintln!("skipping: cannot drive the broker: {e}");
-        return;
-    }
-    let _exclusive = tokio::task::spawn_blocking(|| broker_lock("rabbit", true))
-        .await
-        .unwrap();
+    };
     let config = AmqpConfig {
         confirm_timeout: Duration::from_secs(5),
         reconnect_max_backoff: Duration::from_millis(500),
@@ -51,11 +96,9 @@ async fn survives_a_broker_restart_without_losing_confirmed_messages() {
     let q = queue_name();
     transport.declare(&q).await.expect("declare");
 
-    let stop_publishing = Arc::new(AtomicBool::new(false));
+    let publishing = Publishing::default();
     let stop_consuming = Arc::new(AtomicBool::new(false));
-    let confirmed = Arc::new(Mutex::new(BTreeSet::<u64>::new()));
     let consumed = Arc::new(Mutex::new(BTreeSet::<u64>::new()));
-    let publish_errors = Arc::new(AtomicUsize::new(0));
     let consume_errors = Arc::new(AtomicUsize::new(0));
 
     let consumer = tokio::spawn({
@@ -89,66 +132,9 @@ async fn survives_a_broker_restart_without_losing_confirmed_messages() {
     });
 
     // Two publishers: single publishes (ids 0, 2, 4, ...) and batches of 5 (odd ids).
-    let single = tokio::spawn({
-        let (transport, q, confirmed, errors, stop) = (
-            transport.clone(),
-            q.clone(),
-            confirmed.clone(),
-            publish_errors.clone(),
-            stop_publishing.clone(),
-        );
-        async move {
-            let mut id = 0;
-            while !stop.load(Ordering::SeqCst) {
-                match transport.publish(&q, payload(id)).await {
-                    Ok(()) => {
-                        confirmed.lock().unwrap().insert(id);
-                        id += 2;
-                    }
-                    Err(e) => {
-                        assert!(e.is_retryable(), "publish failed permanently: {e}");
-                        errors.fetch_add(1, Ordering::SeqCst);
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-    });
-    let batched = tokio::spawn({
-        let (transport, q, confirmed, errors, stop) = (
-            transport.clone(),
-            q.clone(),
-            confirmed.clone(),
-            publish_errors.clone(),
-            stop_publishing.clone(),
-        );
-        async move {
-            let mut next = 1;
-            while !stop.load(Ordering::SeqCst) {
-                let ids: Vec<u64> = (0..5).map(|k| next + 2 * k).collect();
-                match transport
-                    .publish_batch(&q, ids.iter().copied().map(payload).collect())
-                    .await
-                {
-                    Ok(()) => {
-                        confirmed.lock().unwrap().extend(&ids);
-                        next += 10;
-                    }
-                    Err(e) => {
-                        // Some of the batch may have been stored: resending with new
-                        // ids is what a relay would not do, but losses are what we
-                        // check, and only Ok'ed ids count.
-                        assert!(e.is_retryable(), "publish_batch failed permanently: {e}");
-                        errors.fetch_add(1, Ordering::SeqCst);
-                        next += 10;
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    });
+    let single = publisher(&transport, &q, &publishing, 0, 1, Duration::from_millis(5));
+    let batched = publisher(&transport, &q, &publishing, 1, 5, Duration::from_millis(20));
+    let confirmed = &publishing.confirmed;
 
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let outage = tokio::task::spawn_blocking(RabbitOutage::begin)
@@ -168,7 +154,7 @@ async fn survives_a_broker_restart_without_losing_confirmed_messages() {
         assert!(Instant::now() < resumed, "publishing did not resume after the restart");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    stop_publishing.store(true, Ordering::SeqCst);
+    publishing.stop.store(true, Ordering::SeqCst);
     single.await.unwrap();
     batched.await.unwrap();
 
@@ -193,11 +179,11 @@ async fn survives_a_broker_restart_without_losing_confirmed_messages() {
         "confirmed {}, consumed {}, publish errors {}, consumer errors {}",
         confirmed.len(),
         consumed.lock().unwrap().len(),
-        publish_errors.load(Ordering::SeqCst),
+        publishing.errors.load(Ordering::SeqCst),
         consume_errors.load(Ordering::SeqCst),
     );
     assert!(
-        publish_errors.load(Ordering::SeqCst) > 0,
+        publishing.errors.load(Ordering::SeqCst) > 0,
         "publishes should have failed while the broker was down"
     );
     delete_queues(Kind::Amqp, &[q]).await;

@@ -1,8 +1,8 @@
 //! The transport contract, written once and run against every transport: the
 //! in-process one, RabbitMQ and SQS (`memory::*`, `amqp::*`, `sqs::*` test names).
 //!
-//! Each property is a generic `async fn(Ctx)`; `contract!` instantiates it per
-//! transport. A real server that is not reachable makes its tests skip with a note,
+//! Each property is a generic `async fn(Ctx)`; `per_transport!` instantiates it per
+//! transport built in (the broker features). A real server that is not reachable makes its tests skip with a note,
 //! or fail when `KESSAI_REQUIRE_SERVICES=1`. Every test uses fresh random queue names
 //! and deletes them afterwards, so runs do not interfere.
 //!
@@ -13,23 +13,18 @@
 
 mod common;
 
-use common::{Ctx, Kind, expect_nothing, receive, receive_one, run};
+use common::{Ctx, Kind, message, per_transport};
 use kessai_messages::Envelope;
+use kessai_testkit::{expect_nothing, receive, receive_one};
 use kessai_transport::{DEAD_LETTER_REASON, DEAD_LETTER_SOURCE, Headers, OutgoingMessage, dead_letter_queue};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 const WITHIN: Duration = Duration::from_secs(10);
 
-fn message(payload: &str) -> OutgoingMessage {
-    OutgoingMessage::new(payload.as_bytes().to_vec())
-}
-
 /// A published message is delivered once, not marked redelivered, with its payload.
 async fn delivers_a_published_message(ctx: Ctx) {
-    let q = ctx.queue().await;
-    ctx.transport.publish(&q, message("hello")).await.expect("publish");
-    let mut consumer = ctx.consume(&q).await;
+    let (_, mut consumer) = ctx.queue_with(message("hello")).await;
     let d = receive_one(&mut consumer, WITHIN).await;
     assert_eq!(d.payload, b"hello");
     assert!(!d.redelivered);
@@ -70,9 +65,7 @@ async fn redelivers_after_consumer_dies(ctx: Ctx) {
 /// Dropping one delivery unsettled (its handler panicked) while the consumer lives
 /// on: the message comes back, marked redelivered.
 async fn redelivers_a_dropped_delivery(ctx: Ctx) {
-    let q = ctx.queue().await;
-    ctx.transport.publish(&q, message("dropped")).await.expect("publish");
-    let mut consumer = ctx.consume(&q).await;
+    let (_, mut consumer) = ctx.queue_with(message("dropped")).await;
     drop(receive_one(&mut consumer, WITHIN).await);
     let d = receive_one(&mut consumer, WITHIN).await;
     assert_eq!(d.payload, b"dropped");
@@ -82,9 +75,7 @@ async fn redelivers_a_dropped_delivery(ctx: Ctx) {
 
 /// An acked message is gone: neither this consumer nor a new one sees it again.
 async fn ack_removes(ctx: Ctx) {
-    let q = ctx.queue().await;
-    ctx.transport.publish(&q, message("once")).await.expect("publish");
-    let mut consumer = ctx.consume(&q).await;
+    let (q, mut consumer) = ctx.queue_with(message("once")).await;
     receive_one(&mut consumer, WITHIN).await.ack().await.expect("ack");
     drop(consumer);
     let mut consumer = ctx.consume(&q).await;
@@ -93,9 +84,7 @@ async fn ack_removes(ctx: Ctx) {
 
 /// A requeued message is delivered again, marked redelivered.
 async fn requeue_redelivers(ctx: Ctx) {
-    let q = ctx.queue().await;
-    ctx.transport.publish(&q, message("again")).await.expect("publish");
-    let mut consumer = ctx.consume(&q).await;
+    let (_, mut consumer) = ctx.queue_with(message("again")).await;
     let first = receive_one(&mut consumer, WITHIN).await;
     assert!(!first.redelivered);
     first.requeue().await.expect("requeue");
@@ -107,7 +96,6 @@ async fn requeue_redelivers(ctx: Ctx) {
 
 /// Headers (trace context among them) arrive exactly as sent, empty values included.
 async fn headers_round_trip(ctx: Ctx) {
-    let q = ctx.queue().await;
     let mut headers = Headers::new();
     headers.insert(
         "traceparent".into(),
@@ -121,8 +109,7 @@ async fn headers_round_trip(ctx: Ctx) {
         headers: headers.clone(),
         expires_in: None,
     };
-    ctx.transport.publish(&q, sent).await.expect("publish");
-    let mut consumer = ctx.consume(&q).await;
+    let (_, mut consumer) = ctx.queue_with(sent).await;
     let d = receive_one(&mut consumer, WITHIN).await;
     assert_eq!(d.headers, headers);
     d.ack().await.expect("ack");
@@ -131,11 +118,9 @@ async fn headers_round_trip(ctx: Ctx) {
 /// `dead_letter(reason)` moves the message to `<q>-dlq` with the reason and source
 /// headers (and its own headers kept), and removes it from `q`.
 async fn dead_letter_carries_reason_and_source(ctx: Ctx) {
-    let q = ctx.queue().await;
     let mut sent = message("cannot pay");
     sent.headers.insert("traceparent".into(), "00-aa-bb-01".into());
-    ctx.transport.publish(&q, sent).await.expect("publish");
-    let mut consumer = ctx.consume(&q).await;
+    let (q, mut consumer) = ctx.queue_with(sent).await;
     let d = receive_one(&mut consumer, WITHIN).await;
     d.dead_letter("amount must be positive").await.expect("dead_letter");
 
@@ -240,9 +225,7 @@ async fn pending_counts_waiting_and_unsettled(ctx: Ctx) {
 /// `delete` removes a queue and its dead-letter queue with their messages, and
 /// deleting what is already gone is not an error.
 async fn delete_removes_the_queue_and_its_dead_letters(ctx: Ctx) {
-    let q = ctx.queue().await;
-    ctx.transport.publish(&q, message("doomed")).await.expect("publish");
-    let mut consumer = ctx.consume(&q).await;
+    let (q, mut consumer) = ctx.queue_with(message("doomed")).await;
     receive_one(&mut consumer, WITHIN)
         .await
         .dead_letter("to fill the dlq")
@@ -259,43 +242,14 @@ async fn delete_removes_the_queue_and_its_dead_letters(ctx: Ctx) {
         match ctx.transport.pending(&gone).await {
             Err(_) => {}
             Ok(n) => {
-                assert_eq!(ctx.kind, common::Kind::Memory, "{gone} still exists ({n:?} pending)");
+                assert_eq!(ctx.kind, Kind::Memory, "{gone} still exists ({n:?} pending)");
                 assert_eq!(n, Some(0), "{gone} kept its messages");
             }
         }
     }
 }
 
-macro_rules! contract {
-    ($($property:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $property() {
-                    super::run(super::Kind::Memory, super::$property).await;
-                }
-            )*
-        }
-        mod amqp {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $property() {
-                    super::run(super::Kind::Amqp, super::$property).await;
-                }
-            )*
-        }
-        mod sqs {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $property() {
-                    super::run(super::Kind::Sqs, super::$property).await;
-                }
-            )*
-        }
-    };
-}
-
-contract!(
+per_transport!(
     delivers_a_published_message,
     redelivers_after_consumer_dies,
     redelivers_a_dropped_delivery,

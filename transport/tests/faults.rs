@@ -26,6 +26,40 @@ fn config() -> FaultConfig {
     }
 }
 
+/// [`config`] changed by `set` (say, one fault made certain).
+fn with(set: impl FnOnce(&mut FaultConfig)) -> FaultConfig {
+    let mut config = config();
+    set(&mut config);
+    config
+}
+
+/// Counters at zero but what `set` sets.
+fn counted(set: impl FnOnce(&mut FaultCounters)) -> FaultCounters {
+    let mut counters = FaultCounters::default();
+    set(&mut counters);
+    counters
+}
+
+/// Publishes each of `payloads` with its own `publish`.
+async fn publish_each<T: Transport + ?Sized>(transport: &T, payloads: &[&str]) {
+    for p in payloads {
+        transport.publish(Q, message(p)).await.expect("publish");
+    }
+}
+
+/// Publishes `m0`, `m1`, … `m<n-1>`, one `publish` each.
+async fn publish_numbered<T: Transport + ?Sized>(transport: &T, n: u64) {
+    for i in 0..n {
+        transport.publish(Q, message(&format!("m{i}"))).await.expect("publish");
+    }
+}
+
+/// Publishes `payloads` in one `publish_batch`.
+async fn publish_batch<T: Transport + ?Sized>(transport: &T, payloads: &[impl AsRef<str>]) {
+    let batch = payloads.iter().map(|p| message(p.as_ref())).collect();
+    transport.publish_batch(Q, batch).await.expect("publish_batch");
+}
+
 async fn spawn(config: FaultConfig) -> (MemoryTransport, FaultyTransport<MemoryTransport>) {
     let memory = MemoryTransport::new();
     let faulty = FaultyTransport::new(Arc::new(memory.clone()), config).expect("valid config");
@@ -66,57 +100,30 @@ async fn quiesce(faulty: &FaultyTransport<MemoryTransport>) {
 
 #[tokio::test(start_paused = true)]
 async fn drop_loses_every_message_and_counts_it() {
-    let (memory, faulty) = spawn(FaultConfig { drop: 1.0, ..config() }).await;
-    for i in 0..10 {
-        faulty
-            .publish(Q, message(&format!("m{i}")))
-            .await
-            .expect("publish answers Ok");
-    }
-    faulty
-        .publish_batch(Q, vec![message("b1"), message("b2")])
-        .await
-        .expect("publish_batch answers Ok");
+    let (memory, faulty) = spawn(with(|c| c.drop = 1.0)).await;
+    // Each publish answers Ok.
+    publish_numbered(&faulty, 10).await;
+    publish_batch(&faulty, &["b1", "b2"]).await;
     assert_eq!(faulty.pending(Q).await.expect("pending"), Some(0));
     assert!(drain(&faulty).await.is_empty());
     assert_eq!(memory.ready_len(Q), 0);
-    assert_eq!(
-        faulty.counters(),
-        FaultCounters {
-            dropped: 12,
-            ..FaultCounters::default()
-        }
-    );
+    assert_eq!(faulty.counters(), counted(|c| c.dropped = 12));
 }
 
 #[tokio::test(start_paused = true)]
 async fn duplicate_sends_each_message_twice() {
-    let (_memory, faulty) = spawn(FaultConfig {
-        duplicate: 1.0,
-        ..config()
-    })
-    .await;
-    faulty.publish(Q, message("a")).await.expect("publish");
-    faulty
-        .publish_batch(Q, vec![message("b"), message("c")])
-        .await
-        .expect("publish_batch");
+    let (_memory, faulty) = spawn(with(|c| c.duplicate = 1.0)).await;
+    publish_each(&faulty, &["a"]).await;
+    publish_batch(&faulty, &["b", "c"]).await;
     assert_eq!(drain(&faulty).await, ["a", "a", "b", "b", "c", "c"]);
-    assert_eq!(
-        faulty.counters(),
-        FaultCounters {
-            duplicated: 3,
-            ..FaultCounters::default()
-        }
-    );
+    assert_eq!(faulty.counters(), counted(|c| c.duplicated = 3));
 }
 
 #[tokio::test(start_paused = true)]
 async fn delay_delivers_later_and_pending_counts_the_message_meanwhile() {
-    let (memory, faulty) = spawn(FaultConfig { delay: 1.0, ..config() }).await;
+    let (memory, faulty) = spawn(with(|c| c.delay = 1.0)).await;
     let started = tokio::time::Instant::now();
-    faulty.publish(Q, message("late-1")).await.expect("publish");
-    faulty.publish(Q, message("late-2")).await.expect("publish");
+    publish_each(&faulty, &["late-1", "late-2"]).await;
     // `publish` answered at once, yet nothing has reached the broker.
     assert_eq!(started.elapsed(), Duration::ZERO);
     assert_eq!(memory.ready_len(Q), 0);
@@ -144,10 +151,8 @@ async fn delay_delivers_later_and_pending_counts_the_message_meanwhile() {
 
 #[tokio::test(start_paused = true)]
 async fn delay_is_never_longer_than_delay_max() {
-    let (memory, faulty) = spawn(FaultConfig { delay: 1.0, ..config() }).await;
-    for i in 0..50 {
-        faulty.publish(Q, message(&format!("m{i}"))).await.expect("publish");
-    }
+    let (memory, faulty) = spawn(with(|c| c.delay = 1.0)).await;
+    publish_numbered(&faulty, 50).await;
     tokio::time::sleep(DELAY_MAX + Duration::from_millis(1)).await;
     assert_eq!(memory.ready_len(Q), 50);
     assert_eq!(faulty.in_flight(), 0);
@@ -155,22 +160,15 @@ async fn delay_is_never_longer_than_delay_max() {
 
 #[tokio::test(start_paused = true)]
 async fn reorder_swaps_a_message_with_its_successor() {
-    let (memory, faulty) = spawn(FaultConfig {
-        reorder: 1.0,
-        ..config()
-    })
-    .await;
-    faulty.publish(Q, message("first")).await.expect("publish");
+    let (memory, faulty) = spawn(with(|c| c.reorder = 1.0)).await;
+    publish_each(&faulty, &["first"]).await;
     assert_eq!(memory.ready_len(Q), 0, "held back");
     assert_eq!(faulty.pending(Q).await.expect("pending"), Some(1));
-    faulty.publish(Q, message("second")).await.expect("publish");
+    publish_each(&faulty, &["second"]).await;
     assert_eq!(drain(&faulty).await, ["second", "first"]);
 
     // Within a batch too: pairs swap.
-    faulty
-        .publish_batch(Q, vec![message("a"), message("b"), message("c"), message("d")])
-        .await
-        .expect("publish_batch");
+    publish_batch(&faulty, &["a", "b", "c", "d"]).await;
     assert_eq!(drain(&faulty).await, ["b", "a", "d", "c"]);
     assert_eq!(faulty.counters().reordered, 3);
     assert_eq!(faulty.in_flight(), 0);
@@ -178,12 +176,8 @@ async fn reorder_swaps_a_message_with_its_successor() {
 
 #[tokio::test(start_paused = true)]
 async fn a_held_message_without_successor_is_sent_after_the_window() {
-    let (memory, faulty) = spawn(FaultConfig {
-        reorder: 1.0,
-        ..config()
-    })
-    .await;
-    faulty.publish(Q, message("lonely")).await.expect("publish");
+    let (memory, faulty) = spawn(with(|c| c.reorder = 1.0)).await;
+    publish_each(&faulty, &["lonely"]).await;
     tokio::time::sleep(REORDER_WINDOW / 2).await;
     assert_eq!(memory.ready_len(Q), 0);
     assert_eq!(faulty.pending(Q).await.expect("pending"), Some(1));
@@ -195,12 +189,8 @@ async fn a_held_message_without_successor_is_sent_after_the_window() {
 
 #[tokio::test(start_paused = true)]
 async fn release_held_sends_held_messages_at_once() {
-    let (memory, faulty) = spawn(FaultConfig {
-        reorder: 1.0,
-        ..config()
-    })
-    .await;
-    faulty.publish(Q, message("held")).await.expect("publish");
+    let (memory, faulty) = spawn(with(|c| c.reorder = 1.0)).await;
+    publish_each(&faulty, &["held"]).await;
     faulty.release_held().await.expect("release");
     assert_eq!(memory.ready_len(Q), 1);
     assert_eq!(faulty.in_flight(), 0);
@@ -213,18 +203,9 @@ async fn release_held_sends_held_messages_at_once() {
 /// nothing stays in flight.
 #[tokio::test(start_paused = true)]
 async fn all_faults_together_account_for_every_message() {
-    let (_memory, faulty) = spawn(FaultConfig {
-        drop: 0.2,
-        duplicate: 0.2,
-        delay: 0.2,
-        reorder: 0.2,
-        ..config()
-    })
-    .await;
+    let (_memory, faulty) = spawn(every_fault(0.2, 42)).await;
     let n = 500;
-    for i in 0..n {
-        faulty.publish(Q, message(&format!("m{i}"))).await.expect("publish");
-    }
+    publish_numbered(&faulty, n).await;
     quiesce(&faulty).await;
     let got = drain(&faulty).await;
     let c = faulty.counters();
@@ -237,24 +218,24 @@ async fn all_faults_together_account_for_every_message() {
     assert_eq!(distinct.len() as u64, n - c.dropped);
 }
 
-/// Runs one fixed sequence of calls and returns the counters and what arrived.
-async fn replay(seed: u64) -> (FaultCounters, Vec<String>) {
-    let (_memory, faulty) = spawn(FaultConfig {
-        drop: 0.3,
-        duplicate: 0.3,
-        delay: 0.3,
-        reorder: 0.3,
+/// Every fault with probability `p`, seeded with `seed`.
+fn every_fault(p: f64, seed: u64) -> FaultConfig {
+    FaultConfig {
+        drop: p,
+        duplicate: p,
+        delay: p,
+        reorder: p,
         seed,
         ..config()
-    })
-    .await;
-    for i in 0..100 {
-        faulty.publish(Q, message(&format!("m{i}"))).await.expect("publish");
     }
-    faulty
-        .publish_batch(Q, (0..20).map(|i| message(&format!("b{i}"))).collect())
-        .await
-        .expect("publish_batch");
+}
+
+/// Runs one fixed sequence of calls and returns the counters and what arrived.
+async fn replay(seed: u64) -> (FaultCounters, Vec<String>) {
+    let (_memory, faulty) = spawn(every_fault(0.3, seed)).await;
+    publish_numbered(&faulty, 100).await;
+    let batch: Vec<String> = (0..20).map(|i| format!("b{i}")).collect();
+    publish_batch(&faulty, &batch).await;
     quiesce(&faulty).await;
     let mut got = drain(&faulty).await;
     got.sort();
@@ -273,43 +254,31 @@ async fn same_seed_same_faults() {
 
 #[tokio::test(start_paused = true)]
 async fn set_config_reseeds() {
-    let (_memory, faulty) = spawn(FaultConfig { drop: 0.5, ..config() }).await;
+    let (_memory, faulty) = spawn(with(|c| c.drop = 0.5)).await;
     let run = || async {
         let before = faulty.counters().dropped;
-        for i in 0..64 {
-            faulty.publish(Q, message(&format!("m{i}"))).await.expect("publish");
-        }
+        publish_numbered(&faulty, 64).await;
         faulty.counters().dropped - before
     };
     let first = run().await;
-    faulty.set_config(FaultConfig { drop: 0.5, ..config() }).expect("valid");
+    faulty.set_config(with(|c| c.drop = 0.5)).expect("valid");
     assert_eq!(run().await, first, "same seed again, same drops");
 }
 
 #[tokio::test(start_paused = true)]
 async fn disabled_faults_pass_through() {
-    let all = FaultConfig {
-        drop: 1.0,
-        duplicate: 1.0,
-        delay: 1.0,
-        reorder: 1.0,
-        ..config()
-    };
-    let (memory, faulty) = spawn(all).await;
+    let (memory, faulty) = spawn(every_fault(1.0, 42)).await;
     assert!(faulty.is_enabled());
     faulty.set_enabled(false);
-    faulty.publish(Q, message("a")).await.expect("publish");
-    faulty
-        .publish_batch(Q, vec![message("b"), message("c")])
-        .await
-        .expect("publish_batch");
+    publish_each(&faulty, &["a"]).await;
+    publish_batch(&faulty, &["b", "c"]).await;
     assert_eq!(memory.ready_len(Q), 3, "sent at once");
     assert_eq!(drain(&faulty).await, ["a", "b", "c"]);
     assert_eq!(faulty.counters(), FaultCounters::default());
 
     // And back on: the very next message is lost.
     faulty.set_enabled(true);
-    faulty.publish(Q, message("d")).await.expect("publish");
+    publish_each(&faulty, &["d"]).await;
     assert!(drain(&faulty).await.is_empty());
     assert_eq!(faulty.counters().dropped, 1);
 }
@@ -317,19 +286,10 @@ async fn disabled_faults_pass_through() {
 #[tokio::test]
 async fn invalid_probabilities_are_rejected() {
     for bad in [
-        FaultConfig { drop: 1.5, ..config() },
-        FaultConfig {
-            duplicate: -0.1,
-            ..config()
-        },
-        FaultConfig {
-            delay: f64::NAN,
-            ..config()
-        },
-        FaultConfig {
-            reorder: 5.0,
-            ..config()
-        },
+        with(|c| c.drop = 1.5),
+        with(|c| c.duplicate = -0.1),
+        with(|c| c.delay = f64::NAN),
+        with(|c| c.reorder = 5.0),
     ] {
         let err = FaultyTransport::new(Arc::new(MemoryTransport::new()), bad.clone())
             .err()
@@ -338,9 +298,7 @@ async fn invalid_probabilities_are_rejected() {
     }
 
     let faulty = FaultyTransport::new(Arc::new(MemoryTransport::new()), config()).expect("valid");
-    let err = faulty
-        .set_config(FaultConfig { drop: 2.0, ..config() })
-        .expect_err("rejected");
+    let err = faulty.set_config(with(|c| c.drop = 2.0)).expect_err("rejected");
     assert!(matches!(err, Error::Config(_)), "{err}");
     assert_eq!(faulty.config(), config(), "the old configuration stays");
 }
@@ -352,7 +310,7 @@ async fn wraps_a_dyn_transport_and_passes_through_the_rest() {
     let faulty: Arc<dyn Transport> = Arc::new(FaultyTransport::new(inner, config()).expect("valid"));
     assert_eq!(faulty.system(), "memory");
     faulty.declare(Q).await.expect("declare");
-    faulty.publish(Q, message("x")).await.expect("publish");
+    publish_each(&*faulty, &["x"]).await;
     assert_eq!(faulty.pending(Q).await.expect("pending"), Some(1));
     assert_eq!(drain(&*faulty).await, ["x"]);
 }

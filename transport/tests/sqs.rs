@@ -2,36 +2,35 @@
 //! heartbeat, the redrive policy `declare` sets, prefetch, and error mapping. Runs
 //! against the SQS emulator; skips without it unless `KESSAI_REQUIRE_SERVICES=1`.
 
+#![cfg(feature = "sqs")]
+
 mod common;
 
 use aws_sdk_sqs::types::QueueAttributeName;
-use common::{
-    Kind, delete_queues, expect_nothing, options, queue_name, receive, receive_one, sqs_available, sqs_config,
-};
+use common::{options, prefetch_of_three, queue_name, sqs, sqs_config, sqs_queue};
+use kessai_testkit::{expect_nothing, receive_one};
 use kessai_transport::{
     DEAD_LETTER_REASON, Error, OutgoingMessage, SqsConfig, SqsTransport, Transport, dead_letter_queue,
 };
 use std::time::Duration;
 
-async fn transport(config: SqsConfig) -> SqsTransport {
-    SqsTransport::connect(config).await.expect("SQS client")
+/// SQS with its visibility timeout cut to `visibility`, and a fresh queue.
+async fn with_visibility(visibility: Duration) -> Option<(SqsTransport, String, common::Cleanup)> {
+    sqs_queue(SqsConfig {
+        visibility_timeout: visibility,
+        ..sqs_config()
+    })
+    .await
 }
 
 /// A delivery held (unsettled) for well over its visibility timeout is not handed to
 /// another consumer: the heartbeat keeps extending it. After ack it never comes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeat_keeps_a_slow_delivery_hidden() {
-    if !sqs_available() {
-        return;
-    }
     let visibility = Duration::from_secs(2);
-    let t = transport(SqsConfig {
-        visibility_timeout: visibility,
-        ..sqs_config()
-    })
-    .await;
-    let q = queue_name();
-    t.declare(&q).await.unwrap();
+    let Some((t, q, cleanup)) = with_visibility(visibility).await else {
+        return;
+    };
     t.publish(&q, OutgoingMessage::new(b"slow".to_vec())).await.unwrap();
     let mut slow = t.consume(&q, options(8)).await.unwrap();
     let held = receive_one(&mut slow, Duration::from_secs(10)).await;
@@ -39,24 +38,17 @@ async fn heartbeat_keeps_a_slow_delivery_hidden() {
     expect_nothing(&mut other, visibility * 3).await;
     held.ack().await.unwrap();
     expect_nothing(&mut other, visibility * 2).await;
-    delete_queues(Kind::Sqs, &[q]).await;
+    cleanup.done().await;
 }
 
 /// Without the heartbeat (the delivery's process died: simulated by forgetting the
 /// delivery), the message reappears after the visibility timeout, marked redelivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_holder_s_message_reappears_after_the_timeout() {
-    if !sqs_available() {
-        return;
-    }
     let visibility = Duration::from_secs(2);
-    let config = SqsConfig {
-        visibility_timeout: visibility,
-        ..sqs_config()
+    let Some((t, q, cleanup)) = with_visibility(visibility).await else {
+        return;
     };
-    let t = transport(config.clone()).await;
-    let q = queue_name();
-    t.declare(&q).await.unwrap();
     t.publish(&q, OutgoingMessage::new(b"orphan".to_vec())).await.unwrap();
     // Receive with a raw client so no heartbeat or drop handler runs: as if the
     // process had been killed.
@@ -75,18 +67,15 @@ async fn a_crashed_holder_s_message_reappears_after_the_timeout() {
     assert_eq!(d.payload, b"orphan");
     assert!(d.redelivered);
     d.ack().await.unwrap();
-    delete_queues(Kind::Sqs, &[q]).await;
+    cleanup.done().await;
 }
 
 /// `declare` creates `<q>-dlq` and points the main queue's RedrivePolicy at it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn declare_sets_the_redrive_policy() {
-    if !sqs_available() {
+    let Some((t, q, cleanup)) = sqs_queue(sqs_config()).await else {
         return;
-    }
-    let t = transport(sqs_config()).await;
-    let q = queue_name();
-    t.declare(&q).await.unwrap();
+    };
     t.declare(&q).await.expect("declare is idempotent");
     let url = t.queue_url(&q).await.unwrap();
     let attributes = t
@@ -108,23 +97,20 @@ async fn declare_sets_the_redrive_policy() {
         "{policy}"
     );
     assert_eq!(attributes[&QueueAttributeName::VisibilityTimeout], "4");
-    delete_queues(Kind::Sqs, &[q]).await;
+    cleanup.done().await;
 }
 
 /// A message received more than `max_receive_count` times without being settled for
 /// good lands in `<q>-dlq` by SQS's own redrive (no reason header: nobody gave one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redrive_moves_a_message_that_keeps_coming_back() {
-    if !sqs_available() {
-        return;
-    }
-    let t = transport(SqsConfig {
+    let config = SqsConfig {
         max_receive_count: 2,
         ..sqs_config()
-    })
-    .await;
-    let q = queue_name();
-    t.declare(&q).await.unwrap();
+    };
+    let Some((t, q, cleanup)) = sqs_queue(config).await else {
+        return;
+    };
     t.publish(&q, OutgoingMessage::new(b"flaky".to_vec())).await.unwrap();
     let mut consumer = t.consume(&q, options(8)).await.unwrap();
     for _ in 0..2 {
@@ -140,42 +126,29 @@ async fn redrive_moves_a_message_that_keeps_coming_back() {
     assert_eq!(dead.payload, b"flaky");
     assert!(!dead.headers.contains_key(DEAD_LETTER_REASON));
     dead.ack().await.unwrap();
-    delete_queues(Kind::Sqs, &[q]).await;
+    cleanup.done().await;
 }
 
 /// A consumer holds at most `prefetch` unsettled deliveries; settling frees room.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefetch_bounds_unsettled_deliveries() {
-    if !sqs_available() {
+    let Some((t, q, cleanup)) = sqs_queue(sqs_config()).await else {
         return;
-    }
-    let t = transport(sqs_config()).await;
-    let q = queue_name();
-    t.declare(&q).await.unwrap();
-    let batch = (0..10u8).map(|i| OutgoingMessage::new(vec![b'a' + i])).collect();
-    t.publish_batch(&q, batch).await.unwrap();
-    let mut consumer = t.consume(&q, options(3)).await.unwrap();
-    let held = receive(&mut consumer, 10, Duration::from_secs(3)).await;
-    assert_eq!(held.len(), 3);
-    for d in held {
-        d.ack().await.unwrap();
-    }
-    let more = receive(&mut consumer, 3, Duration::from_secs(5)).await;
-    assert_eq!(more.len(), 3);
+    };
+    let (_consumer, more) = prefetch_of_three(&t, &q, Duration::from_secs(5)).await;
     for d in more {
         d.ack().await.unwrap();
     }
-    delete_queues(Kind::Sqs, &[q]).await;
+    cleanup.done().await;
 }
 
 /// Publishing to a queue that does not exist is an error (retryable: it may be
 /// declared by another service shortly); consuming one is a config error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undeclared_queues_are_refused() {
-    if !sqs_available() {
+    let Some(t) = sqs(sqs_config()).await else {
         return;
-    }
-    let t = transport(sqs_config()).await;
+    };
     let published = t.publish(&queue_name(), OutgoingMessage::new(b"x".to_vec())).await;
     assert!(matches!(published, Err(Error::NotAccepted(_))), "{published:?}");
     let consumed = t.consume(&queue_name(), options(8)).await;
@@ -185,11 +158,12 @@ async fn undeclared_queues_are_refused() {
 /// An endpoint with nothing listening is `Unavailable` (retryable), not a config error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_endpoint_is_unavailable() {
-    let t = transport(SqsConfig {
+    let t = SqsTransport::connect(SqsConfig {
         endpoint_url: Some("http://127.0.0.1:1".into()),
         ..sqs_config()
     })
-    .await;
+    .await
+    .expect("SQS client");
     let published = t.publish("nowhere", OutgoingMessage::new(b"x".to_vec())).await;
     assert!(matches!(published, Err(Error::Unavailable(_))), "{published:?}");
 }

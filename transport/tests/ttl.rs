@@ -9,7 +9,8 @@
 
 mod common;
 
-use common::{Ctx, Kind, expect_nothing, receive, run};
+use common::{Ctx, per_transport};
+use kessai_testkit::{expect_nothing, receive};
 use kessai_transport::{MemoryTransport, OutgoingMessage, Transport, dead_letter_queue};
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -17,7 +18,7 @@ use std::time::Duration;
 const SHORT_TTL: Duration = Duration::from_millis(300);
 
 fn message(payload: &str, ttl: Option<Duration>) -> OutgoingMessage {
-    let m = OutgoingMessage::new(payload.as_bytes().to_vec());
+    let m = common::message(payload);
     match ttl {
         Some(ttl) => m.expiring_in(ttl),
         None => m,
@@ -55,9 +56,10 @@ async fn expired_messages_are_dropped_not_dead_lettered(ctx: Ctx) {
         .expect("publish_batch");
     tokio::time::sleep(SHORT_TTL * 4).await;
 
-    let expected: &[&str] = match ctx.kind {
-        Kind::Sqs => &["stale-1", "stale-2", "stale-3", "lasting", "forever"],
-        Kind::Memory | Kind::Amqp => &["lasting", "forever"],
+    let expected: &[&str] = if ctx.kind.is_sqs() {
+        &["stale-1", "stale-2", "stale-3", "lasting", "forever"]
+    } else {
+        &["lasting", "forever"]
     };
     let expected: BTreeSet<String> = expected.iter().map(|p| (*p).to_owned()).collect();
     let mut consumer = ctx.consume(&q).await;
@@ -71,7 +73,7 @@ async fn expired_messages_are_dropped_not_dead_lettered(ctx: Ctx) {
     let dlq = dead_letter_queue(&q);
     let mut dead = ctx.consume(&dlq).await;
     expect_nothing(&mut dead, ctx.quiet()).await;
-    if ctx.kind != Kind::Sqs {
+    if !ctx.kind.is_sqs() {
         assert_eq!(ctx.transport.pending(&dlq).await.expect("pending"), Some(0));
         assert_eq!(ctx.transport.pending(&q).await.expect("pending"), Some(0));
     }
@@ -93,35 +95,6 @@ async fn a_delivered_message_does_not_expire(ctx: Ctx) {
     expect_nothing(&mut consumer, ctx.quiet()).await;
 }
 
-macro_rules! per_transport {
-    ($($property:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $property() {
-                    super::run(super::Kind::Memory, super::$property).await;
-                }
-            )*
-        }
-        mod amqp {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $property() {
-                    super::run(super::Kind::Amqp, super::$property).await;
-                }
-            )*
-        }
-        mod sqs {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $property() {
-                    super::run(super::Kind::Sqs, super::$property).await;
-                }
-            )*
-        }
-    };
-}
-
 per_transport!(
     expired_messages_are_dropped_not_dead_lettered,
     a_delivered_message_does_not_expire,
@@ -130,32 +103,22 @@ per_transport!(
 /// RabbitMQ: the TTL travels as the per-message `expiration` property in whole
 /// milliseconds, a message without one has none, and the queue kessai declares has no
 /// dead-letter exchange that expired messages could go to.
+#[cfg(feature = "amqp")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amqp_sets_the_expiration_property() {
     use lapin::options::{BasicGetOptions, QueueDeclareOptions};
     use lapin::types::{AMQPValue, FieldTable, LongString};
 
-    let Some(_lock) = common::rabbit_available() else {
+    let Some((transport, q, cleanup)) = common::amqp_queue(common::amqp_config()).await else {
         return;
     };
-    let transport = kessai_transport::AmqpTransport::connect(common::amqp_config())
-        .await
-        .expect("connect");
-    let q = common::queue_name();
-    transport.declare(&q).await.expect("declare");
     transport
         .publish(&q, message("with", Some(Duration::from_millis(60_000))))
         .await
         .expect("publish");
     transport.publish(&q, message("without", None)).await.expect("publish");
 
-    let connection = lapin::Connection::connect(
-        &kessai_transport::testing::amqp_url(),
-        lapin::ConnectionProperties::default(),
-    )
-    .await
-    .expect("raw connection");
-    let channel = connection.create_channel().await.expect("raw channel");
+    let (connection, channel) = common::raw_channel().await;
     let mut seen = Vec::new();
     for _ in 0..2 {
         let got = channel
@@ -192,7 +155,7 @@ async fn amqp_sets_the_expiration_property() {
         .await;
     assert!(redeclare.is_err(), "the queue was declared with a dead-letter exchange");
     let _ = connection.close(200, "bye".into()).await;
-    common::delete_queues(Kind::Amqp, &[q]).await;
+    cleanup.done().await;
 }
 
 /// In-process: expiry follows tokio's clock (paused-time tests see it), a requeued

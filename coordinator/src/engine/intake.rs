@@ -1,7 +1,7 @@
 //! Submissions, group-committed: every submission waiting when a transaction starts
 //! goes into it, so concurrent clients share one fsync instead of queueing for one
-//! each. A client is answered only after the commit (SPEC §4.5: an acknowledged
-//! submission exists).
+//! each. A client is answered only after the commit, so an acknowledged submission
+//! exists (docs/GUARANTEES.md#no-lost-submission).
 
 use super::{Inner, Submitted};
 use crate::Error;

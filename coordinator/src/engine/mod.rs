@@ -12,15 +12,15 @@ mod waiters;
 
 use crate::Error;
 use crate::clock::Clock;
-use crate::machine::{Event, Policy, SagaState};
+use crate::definitions::{PaymentSaga, SagaDefinitions, SagaPlan};
+use crate::machine::{Actor, Event, Policy, SagaState};
 use crate::store::{self, NewSaga, Routing, SagaView};
 use kessai_messages::{Payment, SagaId};
-use kessai_transport::{Topology, Transport};
+use kessai_transport::{Tasks, Topology, Transport};
 use sea_orm::DatabaseConnection;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc, oneshot};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// How often [`Coordinator::wait`] re-reads a saga another coordinator may finish.
@@ -57,6 +57,8 @@ pub struct CoordinatorConfig {
     /// `None` when this coordinator is alone on its database (the embedded stack):
     /// it wakes every waiter itself, and re-reading would only load the database.
     pub wait_poll: Option<Duration>,
+    /// The saga kinds [`Coordinator::submit_saga`] accepts.
+    pub definitions: SagaDefinitions,
 }
 
 impl Default for CoordinatorConfig {
@@ -75,6 +77,7 @@ impl Default for CoordinatorConfig {
                 Duration::from_millis(Policy::default().try_resend.initial_ms as u64),
             ),
             wait_poll: Some(WAIT_POLL),
+            definitions: SagaDefinitions::default(),
         }
     }
 }
@@ -107,40 +110,10 @@ pub struct Coordinator {
     intake: mpsc::Sender<intake::Request>,
 }
 
-/// The coordinator's tasks. [`CoordinatorTasks::shutdown`] stops gracefully (finish
-/// in-flight batches, flush the outbox); dropping it aborts every task at once, the
-/// in-process equivalent of `kill -9`.
-pub struct CoordinatorTasks {
-    cancel: CancellationToken,
-    tasks: JoinSet<(&'static str, Result<(), Error>)>,
-}
-
-impl CoordinatorTasks {
-    pub async fn shutdown(mut self) -> Vec<(&'static str, Result<(), Error>)> {
-        self.cancel.cancel();
-        let mut ended = Vec::new();
-        while let Some(r) = self.tasks.join_next().await {
-            match r {
-                Ok(done) => ended.push(done),
-                Err(e) => ended.push(("unknown", Err(Error::Invalid(format!("task panicked: {e}"))))),
-            }
-        }
-        ended
-    }
-
-    /// Aborts every task without any shutdown step.
-    pub fn kill(mut self) {
-        self.tasks.abort_all();
-    }
-
-    /// Waits for the first task to end (they only end on cancellation or failure).
-    pub async fn join_next(&mut self) -> Option<(&'static str, Result<(), Error>)> {
-        self.tasks.join_next().await.map(|r| match r {
-            Ok(done) => done,
-            Err(e) => ("unknown", Err(Error::Invalid(format!("task panicked: {e}")))),
-        })
-    }
-}
+/// The coordinator's tasks (intake, relay, replies, timers, admission, resume).
+/// `shutdown` stops gracefully (finish in-flight batches, flush the outbox); `kill`
+/// or dropping it aborts every task at once, the in-process equivalent of `kill -9`.
+pub type CoordinatorTasks = Tasks<Error>;
 
 impl Coordinator {
     /// Starts the coordinator's tasks on a migrated database.
@@ -165,49 +138,72 @@ impl Coordinator {
             stats: EngineStats::default(),
         });
         inner.admission.resync(store::count_unfinished(&inner.db).await?);
-        let cancel = CancellationToken::new();
-        let mut tasks = JoinSet::new();
+        let mut tasks = Tasks::new();
+        let cancel = tasks.cancel_token();
         let (tx, rx) = mpsc::channel(config.batch_size.max(1) * 4);
         {
             let (inner, cancel) = (inner.clone(), cancel.clone());
-            tasks.spawn(async move { ("intake", intake::run(inner, rx, cancel).await) });
+            tasks.spawn("intake", async move { intake::run(inner, rx, cancel).await });
         }
         {
             let (inner, cancel) = (inner.clone(), cancel.clone());
-            tasks.spawn(async move { ("relay", relay::run(inner, cancel).await) });
+            tasks.spawn("relay", async move { relay::run(inner, cancel).await });
         }
         for _ in 0..config.reply_workers.max(1) {
             let (inner, cancel) = (inner.clone(), cancel.clone());
-            tasks.spawn(async move { ("replies", replies::run(inner, cancel).await) });
+            tasks.spawn("replies", async move { replies::run(inner, cancel).await });
         }
         {
             let (inner, cancel) = (inner.clone(), cancel.clone());
-            tasks.spawn(async move { ("timers", timers::run(inner, cancel).await) });
+            tasks.spawn("timers", async move { timers::run(inner, cancel).await });
         }
         {
             let (inner, cancel) = (inner.clone(), cancel.clone());
-            tasks.spawn(async move { ("admission", admission_loop(inner, cancel).await) });
+            tasks.spawn("admission", async move { admission_loop(inner, cancel).await });
         }
         if config.resume_on_start {
             let (inner, cancel) = (inner.clone(), cancel.clone());
-            tasks.spawn(async move { ("resume", timers::resume(inner, cancel).await) });
+            tasks.spawn("resume", async move { timers::resume(inner, cancel).await });
         }
-        Ok((Coordinator { inner, intake: tx }, CoordinatorTasks { cancel, tasks }))
+        Ok((Coordinator { inner, intake: tx }, tasks))
     }
 
     /// Submits a payment; its `payment_id` is the idempotency key.
     pub async fn submit_payment(&self, payment: &Payment, try_timeout: Option<Duration>) -> Result<Submitted, Error> {
-        payment.validate().map_err(|e| Error::Invalid(e.to_string()))?;
-        let branches = payment
-            .branches()
-            .into_iter()
-            .map(|(participant, payload)| (participant.to_owned(), payload))
-            .collect();
+        let plan = PaymentSaga::plan_payment(payment).map_err(Error::Invalid)?;
+        let request = serde_json::to_string(payment).expect("serialises");
+        self.submit_plan(PaymentSaga::KIND, plan, request, try_timeout).await
+    }
+
+    /// Submits a saga of any kind in [`CoordinatorConfig::definitions`]: the
+    /// definition validates `request` and turns it into branches.
+    pub async fn submit_saga(
+        &self,
+        kind: &str,
+        request: &serde_json::Value,
+        try_timeout: Option<Duration>,
+    ) -> Result<Submitted, Error> {
+        let definition = self.inner.config.definitions.get(kind).ok_or_else(|| {
+            let known: Vec<_> = self.inner.config.definitions.kinds().collect();
+            Error::Invalid(format!("unknown saga kind {kind:?} (known: {})", known.join(", ")))
+        })?;
+        let plan = definition.plan(request).map_err(Error::Invalid)?;
+        self.submit_plan(definition.kind(), plan, request.to_string(), try_timeout)
+            .await
+    }
+
+    async fn submit_plan(
+        &self,
+        kind: &'static str,
+        plan: SagaPlan,
+        request: String,
+        try_timeout: Option<Duration>,
+    ) -> Result<Submitted, Error> {
         self.submit(NewSaga {
-            kind: "payment".into(),
-            idempotency_key: Some(format!("payment:{}", payment.payment_id)),
-            request: serde_json::to_string(payment).expect("serialises"),
-            branches,
+            kind: kind.into(),
+            idempotency_key: plan.idempotency_key,
+            request,
+            branches: plan.branches,
             try_timeout_ms: try_timeout.unwrap_or(self.inner.config.try_timeout).as_millis() as i64,
         })
         .await
@@ -317,11 +313,11 @@ impl Coordinator {
 
     /// Resends what a saga waits on now (SRE retry).
     pub async fn retry(&self, id: SagaId, why: &str) -> Result<Driven, Error> {
-        drive::drive(
-            &self.inner,
-            vec![(id, vec![(Event::ResendNow { why: why.to_owned() }, None)])],
-        )
-        .await
+        let resend = Event::ResendNow {
+            why: why.to_owned(),
+            by: Actor::Operator,
+        };
+        drive::drive(&self.inner, vec![(id, vec![(resend, None)])]).await
     }
 
     pub fn db(&self) -> &DatabaseConnection {

@@ -17,7 +17,7 @@
 use super::Inner;
 use super::drive;
 use crate::Error;
-use crate::machine::{Event, Pacing};
+use crate::machine::{Actor, Event, Pacing};
 use crate::store;
 use futures::future::join_all;
 use std::collections::HashMap;
@@ -228,7 +228,13 @@ pub(crate) async fn resume(inner: Arc<Inner>, cancel: CancellationToken) -> Resu
         let why = "coordinator started".to_owned();
         let work = ids
             .into_iter()
-            .map(|id| (id, vec![(Event::ResendNow { why: why.clone() }, None)]))
+            .map(|id| {
+                let resend = Event::ResendNow {
+                    why: why.clone(),
+                    by: Actor::Coordinator,
+                };
+                (id, vec![(resend, None)])
+            })
             .collect();
         drive::drive(&inner, work).await?;
     }
@@ -275,6 +281,28 @@ mod tests {
         assert_eq!(g.observe(t0 + Duration::from_millis(1_500), 0, 600), 0);
     }
 
+    /// A fresh, migrated SQLite coordinator database in `dir`.
+    async fn sqlite_db(dir: &tempfile::TempDir) -> sea_orm::DatabaseConnection {
+        let url = kessai_migrations::sqlite_url(&dir.path().join("coordinator.db"));
+        kessai_migrations::open(&url, kessai_migrations::Service::Coordinator, 1)
+            .await
+            .unwrap()
+    }
+
+    /// Submits saga `i`: one branch, at the participant `sleepy`.
+    async fn submit_sleepy(coordinator: &crate::engine::Coordinator, i: u64, try_timeout_ms: i64) {
+        coordinator
+            .submit(crate::store::NewSaga {
+                kind: "generic".into(),
+                idempotency_key: Some(format!("k{i}")),
+                request: "{}".into(),
+                branches: vec![("sleepy".into(), serde_json::json!({"i": i}))],
+                try_timeout_ms,
+            })
+            .await
+            .unwrap();
+    }
+
     /// End to end on the in-process transport: with nobody consuming a participant's
     /// queue, the relay's commands expire there instead of piling up, the pacer sees
     /// the backlog and sets a floor for that participant, and the stats count the
@@ -284,15 +312,11 @@ mod tests {
         use crate::clock::SystemClock;
         use crate::engine::{Coordinator, CoordinatorConfig};
         use crate::machine::Backoff;
-        use crate::store::NewSaga;
         use kessai_transport::{MemoryTransport, Topology};
         use std::sync::atomic::Ordering::Relaxed;
 
         let dir = tempfile::tempdir().unwrap();
-        let url = kessai_migrations::sqlite_url(&dir.path().join("coordinator.db"));
-        let db = kessai_migrations::open(&url, kessai_migrations::Service::Coordinator, 1)
-            .await
-            .unwrap();
+        let db = sqlite_db(&dir).await;
         let transport = MemoryTransport::new();
         let mut config = CoordinatorConfig {
             tick_interval: Duration::from_millis(20),
@@ -308,16 +332,7 @@ mod tests {
             .unwrap();
         let n = 20;
         for i in 0..n {
-            coordinator
-                .submit(NewSaga {
-                    kind: "generic".into(),
-                    idempotency_key: Some(format!("k{i}")),
-                    request: "{}".into(),
-                    branches: vec![("sleepy".into(), serde_json::json!({"i": i}))],
-                    try_timeout_ms: 60_000,
-                })
-                .await
-                .unwrap();
+            submit_sleepy(&coordinator, i, 60_000).await;
         }
         let queue = Topology::default().command_queue("sleepy");
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -365,16 +380,12 @@ mod tests {
         use crate::clock::SystemClock;
         use crate::engine::{Coordinator, CoordinatorConfig};
         use crate::machine::SagaState;
-        use crate::store::NewSaga;
         use kessai_messages::{Envelope, Outcome};
         use kessai_transport::{ConsumeOptions, MemoryTransport, OutgoingMessage, Topology, Transport};
         use std::sync::atomic::Ordering::Relaxed;
 
         let dir = tempfile::tempdir().unwrap();
-        let url = kessai_migrations::sqlite_url(&dir.path().join("coordinator.db"));
-        let db = kessai_migrations::open(&url, kessai_migrations::Service::Coordinator, 1)
-            .await
-            .unwrap();
+        let db = sqlite_db(&dir).await;
         let transport = MemoryTransport::new();
         let topology = Topology::default();
         let queue = topology.command_queue("sleepy");
@@ -418,16 +429,7 @@ mod tests {
                 let at = started + Duration::from_secs_f64(i as f64 / rate);
                 tokio::time::sleep_until(at.into()).await;
             }
-            coordinator
-                .submit(NewSaga {
-                    kind: "generic".into(),
-                    idempotency_key: Some(format!("k{i}")),
-                    request: "{}".into(),
-                    branches: vec![("sleepy".into(), serde_json::json!({"i": i}))],
-                    try_timeout_ms: 600_000,
-                })
-                .await
-                .unwrap();
+            submit_sleepy(&coordinator, i, 600_000).await;
         }
         loop {
             let (by_state, _) = crate::store::counts(coordinator.db()).await.unwrap();

@@ -7,7 +7,8 @@
 //!
 //! One module per transition family: [`replies`] (a participant answered), [`timers`]
 //! (a deadline or a resend came due; an SRE or a restart asked to resend now), and
-//! [`decide`] (the one-way switch from trying to confirming or cancelling).
+//! [`decide`] (the one-way switch from trying to confirming or cancelling). What they
+//! log is typed: [`timeline`] holds the kinds, outcomes and actors of timeline entries.
 //!
 //! Resend timing has two inputs: the [`Policy`] (configured backoff) and a [`Pacing`]
 //! (how far behind each participant's command queue runs, as the engine measured it).
@@ -20,7 +21,10 @@
 
 mod decide;
 mod replies;
+pub mod timeline;
 mod timers;
+
+pub use timeline::{Actor, EventKind, EventOutcome};
 
 use kessai_messages::{BranchId, Operation, Outcome, SagaId};
 use serde::{Deserialize, Serialize};
@@ -181,11 +185,9 @@ impl Saga {
         pacing: &Pacing,
     ) -> (Saga, Vec<Action>) {
         let timing = Timing { policy, pacing };
-        let mut actions = vec![Action::Log(Note::new(
-            "submitted",
-            None,
-            format!("{} branches", branches.len()),
-        ))];
+        let mut actions = vec![Action::Log(
+            Note::new(EventKind::Submitted, None, format!("{} branches", branches.len())).by(Actor::Client),
+        )];
         let branches = branches
             .into_iter()
             .enumerate()
@@ -254,25 +256,85 @@ pub enum Event {
     },
     /// The saga's wake-up time passed: check the try deadline and resend what is due.
     Tick,
-    /// Resend everything the saga waits on now (an SRE's retry, a coordinator start).
-    ResendNow { why: String },
+    /// Resend everything the saga waits on now (an SRE's retry, a coordinator start):
+    /// `by` asked, for `why`.
+    ResendNow { why: String, by: Actor },
 }
 
-/// A timeline entry: what SREs read in `kessai saga show`.
+impl Event {
+    /// Who caused this event, as its timeline entries name it: the participant that
+    /// answered (a name `saga` holds), the timer loop, or whoever asked to resend.
+    fn actor(&self, saga: &Saga) -> Option<Actor> {
+        Some(match self {
+            Event::Reply { branch, .. } => {
+                Actor::Participant(saga.branches.get(branch.0 as usize)?.participant.clone())
+            }
+            Event::Tick => Actor::Timer,
+            Event::ResendNow { by, .. } => by.clone(),
+        })
+    }
+}
+
+/// A timeline entry: what SREs read in `kessai saga show`. `detail` is the sentence a
+/// human reads; the other fields say the same in a form to query on, each `None`
+/// where it does not apply.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Note {
-    pub kind: &'static str,
+    pub kind: EventKind,
     pub branch: Option<BranchId>,
     pub detail: String,
+    /// The command the entry is about.
+    pub operation: Option<Operation>,
+    /// That command's send number (1 = first send).
+    pub attempt: Option<u32>,
+    pub outcome: Option<EventOutcome>,
+    /// Why: a participant's refusal or failure, a cancel's cause, a resend request's.
+    pub reason: Option<String>,
+    /// Who caused it. [`apply`] fills it in from the event where a transition left it
+    /// out.
+    pub actor: Option<Actor>,
 }
 
 impl Note {
-    pub fn new(kind: &'static str, branch: Option<BranchId>, detail: impl Into<String>) -> Self {
+    pub fn new(kind: EventKind, branch: Option<BranchId>, detail: impl Into<String>) -> Self {
         Note {
             kind,
             branch,
             detail: detail.into(),
+            operation: None,
+            attempt: None,
+            outcome: None,
+            reason: None,
+            actor: None,
         }
+    }
+
+    /// About send number `attempt` of `operation`.
+    pub fn command(mut self, operation: Operation, attempt: u32) -> Self {
+        self.operation = Some(operation);
+        self.attempt = Some(attempt);
+        self
+    }
+
+    /// About `operation`, whatever the send.
+    pub fn operation(mut self, operation: Operation) -> Self {
+        self.operation = Some(operation);
+        self
+    }
+
+    pub fn outcome(mut self, outcome: EventOutcome) -> Self {
+        self.outcome = Some(outcome);
+        self
+    }
+
+    pub fn reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = Some(reason.into());
+        self
+    }
+
+    pub fn by(mut self, actor: Actor) -> Self {
+        self.actor = Some(actor);
+        self
     }
 }
 
@@ -287,6 +349,20 @@ pub enum Action {
     },
     /// Append to the saga's timeline.
     Log(Note),
+}
+
+impl Action {
+    /// `(branch, operation, attempt)` of a [`Action::Send`]; `None` for a log entry.
+    pub fn as_send(&self) -> Option<(BranchId, Operation, u32)> {
+        match *self {
+            Action::Send {
+                branch,
+                operation,
+                attempt,
+            } => Some((branch, operation, attempt)),
+            Action::Log(_) => None,
+        }
+    }
 }
 
 /// Capped exponential backoff: `initial_ms * 2^(attempt-1)`, at most `max_ms`.
@@ -479,7 +555,25 @@ pub fn apply_paced(
             &mut actions,
         )?,
         Event::Tick => timers::on_tick(&mut next, now, &timing, &mut actions),
-        Event::ResendNow { why } => timers::resend_now(&mut next, why, now, &timing, &mut actions),
+        Event::ResendNow { why, .. } => timers::resend_now(&mut next, why, now, &timing, &mut actions),
+    }
+    // Entries that name no actor of their own were caused by the event. (The last
+    // one takes the actor, the others a copy: most transitions log one entry.)
+    let mut unnamed = actions
+        .iter_mut()
+        .filter_map(|a| match a {
+            Action::Log(note) if note.actor.is_none() => Some(&mut note.actor),
+            _ => None,
+        })
+        .peekable();
+    if unnamed.peek().is_some() {
+        let mut actor = event.actor(&next);
+        while let Some(slot) = unnamed.next() {
+            *slot = match unnamed.peek() {
+                Some(_) => actor.clone(),
+                None => actor.take(),
+            };
+        }
     }
     Ok(Transition { saga: next, actions })
 }

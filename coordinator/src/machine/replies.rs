@@ -1,6 +1,6 @@
 //! A participant answered.
 
-use super::{Action, BranchState, Error, Note, Saga, SagaState, Timing, decide};
+use super::{Action, BranchState, Error, EventKind, EventOutcome, Note, Saga, SagaState, Timing, decide};
 use kessai_messages::{BranchId, Operation, Outcome};
 
 #[allow(clippy::too_many_arguments)]
@@ -25,19 +25,23 @@ pub(super) fn on_reply(
         return Ok(());
     }
     let id = b.id;
+    // The entry of this answer.
+    let answer = |kind: EventKind, detail: String, reached: EventOutcome| {
+        Note::new(kind, Some(id), detail)
+            .command(operation, attempt)
+            .outcome(reached)
+    };
     match outcome {
         Outcome::Ok => {
-            b.state = match operation {
-                Operation::Try => BranchState::Prepared,
-                Operation::Confirm => BranchState::Confirmed,
-                Operation::Cancel => BranchState::Cancelled,
+            let reached;
+            (b.state, reached) = match operation {
+                Operation::Try => (BranchState::Prepared, EventOutcome::Prepared),
+                Operation::Confirm => (BranchState::Confirmed, EventOutcome::Confirmed),
+                Operation::Cancel => (BranchState::Cancelled, EventOutcome::Cancelled),
             };
             b.last_error = None;
-            actions.push(Action::Log(Note::new(
-                ok_kind(operation),
-                Some(id),
-                format!("{} (send {attempt})", b.participant),
-            )));
+            let detail = format!("{} (send {attempt})", b.participant);
+            actions.push(Action::Log(answer(EventKind::ok(operation), detail, reached)));
             match state {
                 SagaState::Trying => {
                     if saga.branches.iter().all(|b| b.state == BranchState::Prepared) {
@@ -51,7 +55,8 @@ pub(super) fn on_reply(
             let why = format!("branch {id} ({}) rejected: {reason}", b.participant);
             b.state = BranchState::Rejected { reason: reason.clone() };
             b.last_error = Some(reason.clone());
-            actions.push(Action::Log(Note::new("try_rejected", Some(id), reason.clone())));
+            let note = answer(EventKind::TryRejected, reason.clone(), EventOutcome::Rejected);
+            actions.push(Action::Log(note.reason(reason)));
             decide::cancel(saga, why, now, timing, actions);
         }
         Outcome::Rejected { reason } | Outcome::Retryable { reason } => {
@@ -59,30 +64,12 @@ pub(super) fn on_reply(
             // is retried on the branch's schedule until it stops saying so. A
             // retryable try is resent the same way, until the deadline.
             if b.last_error.as_deref() != Some(reason.as_str()) {
-                actions.push(Action::Log(Note::new(
-                    fail_kind(operation),
-                    Some(id),
-                    format!("{} (send {attempt}): {reason}", b.participant),
-                )));
+                let detail = format!("{} (send {attempt}): {reason}", b.participant);
+                let note = answer(EventKind::failed(operation), detail, EventOutcome::Failed);
+                actions.push(Action::Log(note.reason(reason)));
             }
             b.last_error = Some(reason.clone());
         }
     }
     Ok(())
-}
-
-fn ok_kind(op: Operation) -> &'static str {
-    match op {
-        Operation::Try => "try_ok",
-        Operation::Confirm => "confirm_ok",
-        Operation::Cancel => "cancel_ok",
-    }
-}
-
-fn fail_kind(op: Operation) -> &'static str {
-    match op {
-        Operation::Try => "try_failed",
-        Operation::Confirm => "confirm_failed",
-        Operation::Cancel => "cancel_failed",
-    }
 }

@@ -31,15 +31,33 @@ fn step(s: &Saga, e: Event, now: i64) -> (Saga, Vec<Action>) {
 fn sends(actions: &[Action]) -> Vec<(u32, Operation, u32)> {
     actions
         .iter()
+        .filter_map(Action::as_send)
+        .map(|(branch, operation, attempt)| (branch.0, operation, attempt))
+        .collect()
+}
+
+fn notes(actions: &[Action]) -> Vec<&Note> {
+    actions
+        .iter()
         .filter_map(|a| match a {
-            Action::Send {
-                branch,
-                operation,
-                attempt,
-            } => Some((branch.0, *operation, *attempt)),
-            Action::Log(_) => None,
+            Action::Log(note) => Some(note),
+            Action::Send { .. } => None,
         })
         .collect()
+}
+
+/// The one entry of `kind` among `actions`.
+fn note(actions: &[Action], kind: EventKind) -> &Note {
+    let found: Vec<&Note> = notes(actions).into_iter().filter(|n| n.kind == kind).collect();
+    assert_eq!(found.len(), 1, "{kind} in {actions:?}");
+    found[0]
+}
+
+fn resend_now(why: &str) -> Event {
+    Event::ResendNow {
+        why: why.into(),
+        by: Actor::Operator,
+    }
 }
 
 #[test]
@@ -156,7 +174,7 @@ fn unknown_branch_is_an_error() {
 fn resend_now_resends_everything_waiting() {
     let s = new_saga(3);
     let (s, _) = step(&s, reply(0, Operation::Try, Outcome::Ok), T0 + 1);
-    let (_, a) = step(&s, Event::ResendNow { why: "sre".into() }, T0 + 2);
+    let (_, a) = step(&s, resend_now("sre"), T0 + 2);
     assert_eq!(sends(&a), vec![(1, Operation::Try, 2), (2, Operation::Try, 2)]);
 }
 
@@ -165,13 +183,170 @@ fn resend_now_sends_a_due_command_once() {
     let s = new_saga(2);
     let (s, _) = step(&s, reply(0, Operation::Try, Outcome::Ok), T0 + 1);
     // Branch 1's resend is due (T0 + 2 s) when the resend is asked for.
-    let (s, a) = step(&s, Event::ResendNow { why: "restart".into() }, T0 + 2_500);
+    let (s, a) = step(&s, resend_now("restart"), T0 + 2_500);
     assert_eq!(sends(&a), vec![(1, Operation::Try, 2)]);
     assert_eq!(resend_at(&s, 1), T0 + 2_500 + 4_000);
     // Past the try deadline: the cancels go out once each, not also "resent".
-    let (s, a) = step(&s, Event::ResendNow { why: "restart".into() }, T0 + 10_000);
+    let (s, a) = step(&s, resend_now("restart"), T0 + 10_000);
     assert_eq!(s.state, SagaState::Cancelling);
     assert_eq!(sends(&a), vec![(0, Operation::Cancel, 1), (1, Operation::Cancel, 1)]);
+}
+
+// ---- the typed timeline ----
+
+#[test]
+fn a_resend_is_logged_with_its_command_and_send_number() {
+    let s = new_saga(2);
+    let (s, _) = step(&s, reply(0, Operation::Try, Outcome::Ok), T0 + 1);
+    let (s, a) = step(&s, Event::Tick, T0 + 2_000);
+    let resent = note(&a, EventKind::Resent);
+    assert_eq!(resent.kind, "resent");
+    assert_eq!(resent.branch, Some(BranchId(1)));
+    assert_eq!(resent.operation, Some(Operation::Try));
+    assert_eq!(resent.attempt, Some(2));
+    assert_eq!(resent.outcome, None);
+    assert_eq!(resent.actor, Some(Actor::Timer));
+    assert_eq!(resent.detail, "try send 2 to p1");
+    // Asked for by an SRE: the SRE is the actor, with the why as the reason.
+    let (_, a) = step(&s, resend_now("stuck payment"), T0 + 2_001);
+    let requested = note(&a, EventKind::ResendRequested);
+    assert_eq!(requested.reason.as_deref(), Some("stuck payment"));
+    assert_eq!(requested.actor, Some(Actor::Operator));
+    let resent = note(&a, EventKind::Resent);
+    assert_eq!((resent.operation, resent.attempt), (Some(Operation::Try), Some(3)));
+    assert_eq!(resent.actor, Some(Actor::Operator));
+}
+
+#[test]
+fn a_rejection_is_logged_with_its_reason_and_participant() {
+    let s = new_saga(3);
+    let (_, a) = step(&s, reply(2, Operation::Try, Outcome::rejected("frozen")), T0 + 2);
+    let rejected = note(&a, EventKind::TryRejected);
+    assert_eq!(rejected.branch, Some(BranchId(2)));
+    assert_eq!(rejected.detail, "frozen");
+    assert_eq!(rejected.reason.as_deref(), Some("frozen"));
+    assert_eq!(rejected.outcome, Some(EventOutcome::Rejected));
+    assert_eq!((rejected.operation, rejected.attempt), (Some(Operation::Try), Some(1)));
+    assert_eq!(rejected.actor, Some(Actor::Participant("p2".into())));
+    let decided = note(&a, EventKind::Decided);
+    assert!(decided.detail.starts_with("cancel"), "{}", decided.detail);
+    assert_eq!(decided.outcome, Some(EventOutcome::Cancel));
+    assert_eq!(decided.operation, Some(Operation::Cancel));
+    assert_eq!(decided.reason.as_deref(), Some("branch 2 (p2) rejected: frozen"));
+    assert_eq!(decided.actor, Some(Actor::Participant("p2".into())));
+}
+
+#[test]
+fn a_confirmed_saga_logs_outcomes_and_actors() {
+    let branches = vec![("a".to_string(), serde_json::json!(1))];
+    let (s, a) = Saga::new(SagaId::new(), branches, T0, T0 + 10_000, &policy());
+    let submitted = note(&a, EventKind::Submitted);
+    assert_eq!(submitted.actor, Some(Actor::Client));
+    assert_eq!(submitted.detail, "1 branches");
+    let (s, a) = step(&s, reply(0, Operation::Try, Outcome::Ok), T0 + 1);
+    let ok = note(&a, EventKind::TryOk);
+    assert_eq!(ok.outcome, Some(EventOutcome::Prepared));
+    assert_eq!((ok.operation, ok.attempt), (Some(Operation::Try), Some(1)));
+    assert_eq!(ok.detail, "a (send 1)");
+    let decided = note(&a, EventKind::Decided);
+    assert_eq!(decided.outcome, Some(EventOutcome::Confirm));
+    assert_eq!(decided.reason, None);
+    assert_eq!(decided.actor, Some(Actor::Participant("a".into())));
+    let (_, a) = step(&s, reply(0, Operation::Confirm, Outcome::retryable("busy")), T0 + 2);
+    let failed = note(&a, EventKind::ConfirmFailed);
+    assert_eq!(failed.outcome, Some(EventOutcome::Failed));
+    assert_eq!(failed.reason.as_deref(), Some("busy"));
+    let (_, a) = step(&s, reply(0, Operation::Confirm, Outcome::Ok), T0 + 2);
+    assert_eq!(note(&a, EventKind::ConfirmOk).outcome, Some(EventOutcome::Confirmed));
+    let finished = note(&a, EventKind::Finished);
+    assert_eq!(finished.detail, "confirmed");
+    assert_eq!(finished.outcome, Some(EventOutcome::Confirmed));
+    assert_eq!(finished.actor, Some(Actor::Participant("a".into())));
+}
+
+#[test]
+fn the_deadline_is_the_actor_of_its_cancel() {
+    let s = new_saga(1);
+    let (s, a) = step(&s, resend_now("restart"), T0 + 10_000);
+    assert_eq!(note(&a, EventKind::ResendRequested).actor, Some(Actor::Operator));
+    let decided = note(&a, EventKind::Decided);
+    assert_eq!(decided.detail, "cancel: try deadline passed");
+    assert_eq!(decided.reason.as_deref(), Some("try deadline passed"));
+    assert_eq!(decided.actor, Some(Actor::Timer));
+    // Cancels resent until the saga is flagged stuck: that entry names the operation
+    // and the send count that crossed the line.
+    let mut s = s;
+    let mut stuck = None;
+    while stuck.is_none() {
+        let now = s.wake_at().unwrap();
+        let (next, a) = step(&s, Event::Tick, now);
+        stuck = notes(&a).into_iter().find(|n| n.kind == EventKind::Stuck).cloned();
+        s = next;
+    }
+    let stuck = stuck.unwrap();
+    assert_eq!(stuck.operation, Some(Operation::Cancel));
+    assert_eq!(stuck.attempt, Some(policy().stuck_after));
+    assert_eq!(stuck.actor, Some(Actor::Timer));
+}
+
+#[test]
+fn timeline_kinds_keep_their_stored_names() {
+    use sea_orm::{ActiveEnum, Iterable};
+    let names: Vec<&str> = EventKind::iter().map(EventKind::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "submitted",
+            "try_ok",
+            "try_rejected",
+            "try_failed",
+            "confirm_ok",
+            "confirm_failed",
+            "cancel_ok",
+            "cancel_failed",
+            "decided",
+            "resent",
+            "resend_requested",
+            "stuck",
+            "unstuck",
+            "finished",
+        ]
+    );
+    for kind in EventKind::iter() {
+        assert_eq!(kind.to_value(), kind.as_str());
+        assert_eq!(EventKind::try_from_value(&kind.as_str().to_owned()).unwrap(), kind);
+        assert_eq!(kind.to_string(), kind.as_str());
+        assert_eq!(serde_json::to_value(kind).unwrap(), serde_json::json!(kind.as_str()));
+        assert!(kind == kind.as_str());
+    }
+    assert!(EventKind::try_from_value(&"exploded".to_owned()).is_err());
+    for outcome in EventOutcome::iter() {
+        assert_eq!(outcome.to_value(), outcome.as_str());
+        assert_eq!(
+            serde_json::to_value(outcome).unwrap(),
+            serde_json::json!(outcome.as_str())
+        );
+    }
+}
+
+#[test]
+fn actors_read_back_as_written() {
+    for actor in [
+        Actor::Client,
+        Actor::Coordinator,
+        Actor::Timer,
+        Actor::Operator,
+        Actor::Participant("card-issuer".into()),
+    ] {
+        assert_eq!(actor.to_string().parse::<Actor>(), Ok(actor));
+    }
+    assert_eq!(Actor::Participant("bank".into()).to_string(), "participant:bank");
+    assert_eq!(
+        serde_json::to_value(Actor::Participant("bank".into())).unwrap(),
+        serde_json::json!({"participant": "bank"})
+    );
+    assert_eq!(serde_json::to_value(Actor::Timer).unwrap(), serde_json::json!("timer"));
+    assert!("someone".parse::<Actor>().is_err());
 }
 
 // ---- pacing: resends stretched while a participant's queue is backed up ----
@@ -269,7 +444,7 @@ fn apply_is_apply_paced_without_floors() {
     for (e, now) in [
         (Event::Tick, T0 + 2_000),
         (reply(1, Operation::Try, Outcome::Ok), T0 + 5),
-        (Event::ResendNow { why: "x".into() }, T0 + 7),
+        (resend_now("x"), T0 + 7),
     ] {
         assert_eq!(
             apply(&s, &e, now, &policy()),
@@ -324,6 +499,28 @@ fn assert_safe(sent: &[(u32, Operation, u32)]) {
     }
 }
 
+/// The event `input` stands for on a saga of `n` branches; a tick first moves `now`.
+fn event_of(input: Input, n: usize, now: &mut i64) -> Event {
+    match input {
+        Input::Reply {
+            branch,
+            op,
+            attempt,
+            outcome,
+        } => Event::Reply {
+            branch: BranchId(branch % n as u32),
+            operation: op,
+            attempt,
+            outcome: outcome_of(outcome),
+        },
+        Input::Tick { advance_ms } => {
+            *now += advance_ms;
+            Event::Tick
+        }
+        Input::ResendNow => resend_now("prop"),
+    }
+}
+
 fn pacing_of(floors: &[i64]) -> Pacing {
     floors
         .iter()
@@ -365,11 +562,7 @@ proptest! {
         check(&saga, &actions, T0)?;
         let mut now = T0;
         for input in inputs {
-            let event = match input {
-                Input::Reply { branch, op, attempt, outcome } => Event::Reply { branch: BranchId(branch % n as u32), operation: op, attempt, outcome: outcome_of(outcome) },
-                Input::Tick { advance_ms } => { now += advance_ms; Event::Tick }
-                Input::ResendNow => Event::ResendNow { why: "prop".into() },
-            };
+            let event = event_of(input, n, &mut now);
             let t = apply_paced(&saga, &event, now, &p, &pacing).unwrap();
             check(&t.saga, &t.actions, now)?;
             saga = t.saga;
@@ -394,11 +587,7 @@ proptest! {
         let mut sent = sends(&actions);
         let mut now = T0;
         for input in inputs {
-            let event = match input {
-                Input::Reply { branch, op, attempt, outcome } => Event::Reply { branch: BranchId(branch % n as u32), operation: op, attempt, outcome: outcome_of(outcome) },
-                Input::Tick { advance_ms } => { now += advance_ms; Event::Tick }
-                Input::ResendNow => Event::ResendNow { why: "prop".into() },
-            };
+            let event = event_of(input, n, &mut now);
             let before = saga.clone();
             let t = apply(&saga, &event, now, &p).unwrap();
             if before.state.is_terminal() {

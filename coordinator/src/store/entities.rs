@@ -57,8 +57,11 @@ pub mod branch {
 }
 
 pub mod saga_event {
+    use crate::machine::{Actor, EventKind, EventOutcome};
     use sea_orm::entity::prelude::*;
 
+    /// One timeline entry. The columns after `detail` came later: rows written before
+    /// them hold NULL there.
     #[sea_orm::model]
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "saga_events")]
@@ -67,10 +70,18 @@ pub mod saga_event {
         pub id: i64,
         pub saga_id: String,
         pub at_ms: i64,
-        pub kind: String,
+        pub kind: EventKind,
         pub branch_id: Option<i32>,
         #[sea_orm(column_type = "Text")]
         pub detail: String,
+        /// `try`, `confirm` or `cancel` ([`kessai_messages::Operation`]).
+        pub operation: Option<String>,
+        /// The command's send number.
+        pub attempt: Option<i32>,
+        pub outcome: Option<EventOutcome>,
+        #[sea_orm(column_type = "Text", nullable)]
+        pub reason: Option<String>,
+        pub actor: Option<Actor>,
     }
 
     impl ActiveModelBehavior for ActiveModel {}

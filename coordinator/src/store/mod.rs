@@ -12,8 +12,10 @@
 
 pub mod entities;
 
+pub use crate::machine::timeline::{Actor, EventKind, EventOutcome};
+
 use crate::Error;
-use crate::machine::{Action, Branch, BranchState, Saga, SagaState};
+use crate::machine::{Action, Branch, BranchState, Note, Saga, SagaState};
 use entities::{branch, outbox, saga, saga_event};
 use kessai_messages::{BranchId, Command, Envelope, Operation, SagaId};
 use kessai_transport::Topology;
@@ -62,62 +64,70 @@ impl Routing {
         let reply_to = self.topology.reply_queue();
         actions
             .iter()
-            .filter_map(|a| match a {
-                Action::Send {
+            .filter_map(Action::as_send)
+            .map(|(branch, operation, attempt)| {
+                let b = &saga.branches[branch.0 as usize];
+                let deadline = (operation == Operation::Try).then_some(saga.try_deadline);
+                let env = Envelope::command(
+                    saga.id,
                     branch,
                     operation,
                     attempt,
-                } => {
-                    let b = &saga.branches[branch.0 as usize];
-                    let deadline = (*operation == Operation::Try).then_some(saga.try_deadline);
-                    let env = Envelope::command(
-                        saga.id,
-                        *branch,
-                        *operation,
-                        *attempt,
-                        deadline,
-                        Command {
-                            participant: b.participant.clone(),
-                            reply_to: reply_to.clone(),
-                            payload: b.payload.clone(),
-                        },
-                    );
-                    let expires_at = match b.state.waiting() {
-                        Some((op, _, resend_at)) if op == *operation => resend_at.min(deadline.unwrap_or(i64::MAX)),
-                        _ => now,
-                    };
-                    Some(outbox::ActiveModel {
-                        id: NotSet,
-                        saga_id: Set(saga.id.to_string()),
-                        queue: Set(self.topology.command_queue(&b.participant)),
-                        payload: Set(String::from_utf8(env.encode()).expect("JSON is UTF-8")),
-                        headers: Set(serde_json::to_string(&env.headers).expect("serialises")),
-                        created_at_ms: Set(now),
-                        expires_at_ms: Set(Some(expires_at)),
-                        attempt: Set(Some(i32::try_from(*attempt).unwrap_or(i32::MAX))),
-                    })
+                    deadline,
+                    Command {
+                        participant: b.participant.clone(),
+                        reply_to: reply_to.clone(),
+                        payload: b.payload.clone(),
+                    },
+                );
+                let expires_at = match b.state.waiting() {
+                    Some((op, _, resend_at)) if op == operation => resend_at.min(deadline.unwrap_or(i64::MAX)),
+                    _ => now,
+                };
+                outbox::ActiveModel {
+                    id: NotSet,
+                    saga_id: Set(saga.id.to_string()),
+                    queue: Set(self.topology.command_queue(&b.participant)),
+                    payload: Set(String::from_utf8(env.encode()).expect("JSON is UTF-8")),
+                    headers: Set(serde_json::to_string(&env.headers).expect("serialises")),
+                    created_at_ms: Set(now),
+                    expires_at_ms: Set(Some(expires_at)),
+                    attempt: Set(Some(stored_attempt(attempt))),
                 }
-                Action::Log(_) => None,
             })
             .collect()
     }
+}
+
+/// A send number as the `attempt` columns hold it.
+fn stored_attempt(attempt: u32) -> i32 {
+    i32::try_from(attempt).unwrap_or(i32::MAX)
 }
 
 fn event_rows(saga: SagaId, actions: &[Action], now: i64) -> Vec<saga_event::ActiveModel> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Log(note) => Some(saga_event::ActiveModel {
-                id: NotSet,
-                saga_id: Set(saga.to_string()),
-                at_ms: Set(now),
-                kind: Set(note.kind.to_owned()),
-                branch_id: Set(note.branch.map(|b| b.0 as i32)),
-                detail: Set(note.detail.clone()),
-            }),
+            Action::Log(note) => Some(event_row(saga, note, now)),
             Action::Send { .. } => None,
         })
         .collect()
+}
+
+fn event_row(saga: SagaId, note: &Note, now: i64) -> saga_event::ActiveModel {
+    saga_event::ActiveModel {
+        id: NotSet,
+        saga_id: Set(saga.to_string()),
+        at_ms: Set(now),
+        kind: Set(note.kind),
+        branch_id: Set(note.branch.map(|b| b.0 as i32)),
+        detail: Set(note.detail.clone()),
+        operation: Set(note.operation.map(|op| op.as_str().to_owned())),
+        attempt: Set(note.attempt.map(stored_attempt)),
+        outcome: Set(note.outcome),
+        reason: Set(note.reason.clone()),
+        actor: Set(note.actor.clone()),
+    }
 }
 
 fn encode_branch(b: &BranchState) -> (String, i32, Option<i64>) {
@@ -703,12 +713,51 @@ pub struct BranchView {
     pub payload: serde_json::Value,
 }
 
-#[derive(Clone, Debug, serde::Serialize)]
+/// One entry of a saga's timeline. `detail` is the sentence for humans; the typed
+/// fields say the same for programs, and are absent (`None`) where they do not apply
+/// or on entries written before they existed.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct TimelineEntry {
     pub at_ms: i64,
-    pub kind: String,
+    pub kind: EventKind,
     pub branch_id: Option<u32>,
     pub detail: String,
+    /// The command the entry is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operation: Option<Operation>,
+    /// That command's send number (1 = first send).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<EventOutcome>,
+    /// A refusal's or failure's reason, a cancel's cause, a resend request's why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Who caused the entry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<Actor>,
+}
+
+impl TryFrom<saga_event::Model> for TimelineEntry {
+    type Error = Error;
+
+    fn try_from(e: saga_event::Model) -> Result<Self, Error> {
+        let operation = e
+            .operation
+            .map(|op| Operation::parse(&op).ok_or_else(|| Error::Corrupt(format!("timeline operation {op:?}"))))
+            .transpose()?;
+        Ok(TimelineEntry {
+            at_ms: e.at_ms,
+            kind: e.kind,
+            branch_id: e.branch_id.map(|b| b as u32),
+            detail: e.detail,
+            operation,
+            attempt: e.attempt.map(|a| a.max(0) as u32),
+            outcome: e.outcome,
+            reason: e.reason,
+            actor: e.actor,
+        })
+    }
 }
 
 pub async fn view<C: ConnectionTrait>(db: &C, id: SagaId) -> Result<Option<SagaView>, Error> {
@@ -754,13 +803,8 @@ pub async fn view<C: ConnectionTrait>(db: &C, id: SagaId) -> Result<Option<SagaV
             .collect(),
         timeline: events
             .into_iter()
-            .map(|e| TimelineEntry {
-                at_ms: e.at_ms,
-                kind: e.kind,
-                branch_id: e.branch_id.map(|b| b as u32),
-                detail: e.detail,
-            })
-            .collect(),
+            .map(TimelineEntry::try_from)
+            .collect::<Result<_, _>>()?,
     }))
 }
 
@@ -815,3 +859,56 @@ pub async fn count_unfinished<C: ConnectionTrait>(db: &C) -> Result<u64, Error> 
         .count(db)
         .await?)
 }
+
+/// What the timeline says about resends, across all sagas.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ResendSummary {
+    /// The highest send number of any resent command: 1 when nothing was resent.
+    pub max_attempt: u32,
+    /// The saga with the most `resent` entries (the smallest id among equals), `None`
+    /// when nothing was resent.
+    pub most_resent: Option<SagaId>,
+    /// How many `resent` entries that saga has; 0 when nothing was resent.
+    pub most_resent_count: u64,
+}
+
+/// Sums up the `resent` entries of every saga from their typed columns, in two
+/// aggregate queries. Entries written before the `attempt` column existed count
+/// towards the per-saga numbers but not towards `max_attempt`.
+pub async fn resend_summary<C: ConnectionTrait>(db: &C) -> Result<ResendSummary, Error> {
+    let max: Option<Option<i32>> = saga_event::Entity::find()
+        .select_only()
+        .column_as(saga_event::Column::Attempt.max(), "max_attempt")
+        .filter(saga_event::Column::Kind.eq(EventKind::Resent))
+        .into_tuple()
+        .one(db)
+        .await?;
+    let max_attempt = max.flatten().map_or(1, |a| a.max(1) as u32);
+    let top: Option<(String, i64)> = saga_event::Entity::find()
+        .select_only()
+        .column(saga_event::Column::SagaId)
+        .column_as(saga_event::Column::Id.count(), "resends")
+        .filter(saga_event::Column::Kind.eq(EventKind::Resent))
+        .group_by(saga_event::Column::SagaId)
+        .order_by_desc(saga_event::Column::Id.count())
+        .order_by_asc(saga_event::Column::SagaId)
+        .limit(1)
+        .into_tuple()
+        .one(db)
+        .await?;
+    Ok(match top {
+        Some((id, n)) => ResendSummary {
+            max_attempt,
+            most_resent: Some(SagaId::from_str(&id).map_err(|e| Error::Corrupt(format!("saga id {id:?}: {e}")))?),
+            most_resent_count: n.max(0) as u64,
+        },
+        None => ResendSummary {
+            max_attempt,
+            most_resent: None,
+            most_resent_count: 0,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,4 +1,4 @@
--- One database per kessai service: no table is shared between services (SPEC §2).
+-- One database per kessai service: no table is shared between services.
 --
 -- The official postgres image runs this once, when its data volume is first
 -- initialised, as the superuser named by POSTGRES_USER. kessai also creates a missing

@@ -3,6 +3,7 @@
 //! Times are Unix milliseconds in BIGINT columns: portable across SQLite and
 //! PostgreSQL and comparable between coordinator processes.
 
+use crate::schema;
 use sea_orm_migration::prelude::*;
 
 #[derive(DeriveMigrationName)]
@@ -68,10 +69,8 @@ impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager
             .create_table(
-                Table::create()
-                    .table(Sagas::Table)
-                    .if_not_exists()
-                    .col(ColumnDef::new(Sagas::Id).string_len(36).not_null().primary_key())
+                schema::table(Sagas::Table)
+                    .col(schema::saga_id(Sagas::Id).primary_key())
                     .col(ColumnDef::new(Sagas::Kind).string_len(32).not_null())
                     .col(
                         ColumnDef::new(Sagas::IdempotencyKey)
@@ -79,121 +78,72 @@ impl MigrationTrait for Migration {
                             .null()
                             .unique_key(),
                     )
-                    .col(ColumnDef::new(Sagas::State).string_len(16).not_null())
-                    .col(ColumnDef::new(Sagas::Version).big_integer().not_null())
+                    .col(schema::state_name(Sagas::State))
+                    .col(schema::big_integer(Sagas::Version))
                     .col(ColumnDef::new(Sagas::Stuck).boolean().not_null().default(false))
-                    .col(ColumnDef::new(Sagas::TryDeadlineMs).big_integer().not_null())
+                    .col(schema::big_integer(Sagas::TryDeadlineMs))
                     .col(ColumnDef::new(Sagas::WakeAtMs).big_integer().null())
-                    .col(ColumnDef::new(Sagas::CreatedAtMs).big_integer().not_null())
-                    .col(ColumnDef::new(Sagas::UpdatedAtMs).big_integer().not_null())
+                    .col(schema::big_integer(Sagas::CreatedAtMs))
+                    .col(schema::big_integer(Sagas::UpdatedAtMs))
                     .col(ColumnDef::new(Sagas::FinishedAtMs).big_integer().null())
                     .col(ColumnDef::new(Sagas::Reason).text().null())
                     .col(ColumnDef::new(Sagas::Request).text().not_null())
                     .col(ColumnDef::new(Sagas::TraceId).string_len(32).null())
-                    .to_owned(),
+                    .take(),
             )
             .await?;
-        manager
-            .create_index(
-                Index::create()
-                    .if_not_exists()
-                    .name("idx_sagas_wake_at")
-                    .table(Sagas::Table)
-                    .col(Sagas::WakeAtMs)
-                    .to_owned(),
-            )
-            .await?;
-        manager
-            .create_index(
-                Index::create()
-                    .if_not_exists()
-                    .name("idx_sagas_state")
-                    .table(Sagas::Table)
-                    .col(Sagas::State)
-                    .to_owned(),
-            )
-            .await?;
+        schema::create_index(manager, "idx_sagas_wake_at", Sagas::Table, Sagas::WakeAtMs).await?;
+        schema::create_index(manager, "idx_sagas_state", Sagas::Table, Sagas::State).await?;
         manager
             .create_table(
-                Table::create()
-                    .table(Branches::Table)
-                    .if_not_exists()
-                    .col(ColumnDef::new(Branches::SagaId).string_len(36).not_null())
-                    .col(ColumnDef::new(Branches::BranchId).integer().not_null())
+                schema::table(Branches::Table)
+                    .col(schema::saga_id(Branches::SagaId))
+                    .col(schema::branch_id(Branches::BranchId))
                     .col(ColumnDef::new(Branches::Participant).string_len(64).not_null())
                     .col(ColumnDef::new(Branches::Payload).text().not_null())
-                    .col(ColumnDef::new(Branches::State).string_len(16).not_null())
+                    .col(schema::state_name(Branches::State))
                     .col(ColumnDef::new(Branches::Attempt).integer().not_null())
                     .col(ColumnDef::new(Branches::ResendAtMs).big_integer().null())
                     .col(ColumnDef::new(Branches::LastError).text().null())
-                    .col(ColumnDef::new(Branches::UpdatedAtMs).big_integer().not_null())
+                    .col(schema::big_integer(Branches::UpdatedAtMs))
                     .primary_key(Index::create().col(Branches::SagaId).col(Branches::BranchId))
-                    .to_owned(),
+                    .take(),
             )
             .await?;
         manager
             .create_table(
-                Table::create()
-                    .table(SagaEvents::Table)
-                    .if_not_exists()
-                    .col(
-                        ColumnDef::new(SagaEvents::Id)
-                            .big_integer()
-                            .not_null()
-                            .auto_increment()
-                            .primary_key(),
-                    )
-                    .col(ColumnDef::new(SagaEvents::SagaId).string_len(36).not_null())
-                    .col(ColumnDef::new(SagaEvents::AtMs).big_integer().not_null())
+                schema::table(SagaEvents::Table)
+                    .col(schema::serial_id(SagaEvents::Id))
+                    .col(schema::saga_id(SagaEvents::SagaId))
+                    .col(schema::big_integer(SagaEvents::AtMs))
                     .col(ColumnDef::new(SagaEvents::Kind).string_len(32).not_null())
                     .col(ColumnDef::new(SagaEvents::BranchId).integer().null())
                     .col(ColumnDef::new(SagaEvents::Detail).text().not_null())
-                    .to_owned(),
+                    .take(),
             )
             .await?;
-        manager
-            .create_index(
-                Index::create()
-                    .if_not_exists()
-                    .name("idx_saga_events_saga")
-                    .table(SagaEvents::Table)
-                    .col(SagaEvents::SagaId)
-                    .to_owned(),
-            )
-            .await?;
+        schema::create_index(manager, "idx_saga_events_saga", SagaEvents::Table, SagaEvents::SagaId).await?;
         manager
             .create_table(
-                Table::create()
-                    .table(Outbox::Table)
-                    .if_not_exists()
-                    .col(
-                        ColumnDef::new(Outbox::Id)
-                            .big_integer()
-                            .not_null()
-                            .auto_increment()
-                            .primary_key(),
-                    )
-                    .col(ColumnDef::new(Outbox::SagaId).string_len(36).not_null())
+                schema::table(Outbox::Table)
+                    .col(schema::serial_id(Outbox::Id))
+                    .col(schema::saga_id(Outbox::SagaId))
                     .col(ColumnDef::new(Outbox::Queue).string_len(255).not_null())
                     .col(ColumnDef::new(Outbox::Payload).text().not_null())
                     .col(ColumnDef::new(Outbox::Headers).text().not_null())
-                    .col(ColumnDef::new(Outbox::CreatedAtMs).big_integer().not_null())
-                    .to_owned(),
+                    .col(schema::big_integer(Outbox::CreatedAtMs))
+                    .take(),
             )
             .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        for t in [
+        let tables = [
             Outbox::Table.into_iden(),
             SagaEvents::Table.into_iden(),
             Branches::Table.into_iden(),
             Sagas::Table.into_iden(),
-        ] {
-            manager
-                .drop_table(Table::drop().table(t).if_exists().to_owned())
-                .await?;
-        }
-        Ok(())
+        ];
+        schema::drop_tables(manager, tables).await
     }
 }

@@ -7,6 +7,7 @@
 //! a rolling upgrade — still relay: without an expiry, as before. One `ALTER TABLE` per
 //! column, as SQLite allows only one change per statement.
 
+use crate::schema;
 use sea_orm_migration::prelude::*;
 
 #[derive(DeriveMigrationName)]
@@ -22,22 +23,10 @@ enum Outbox {
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(Outbox::Table)
-                    .add_column(ColumnDef::new(Outbox::ExpiresAtMs).big_integer().null())
-                    .to_owned(),
-            )
-            .await?;
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(Outbox::Table)
-                    .add_column(ColumnDef::new(Outbox::Attempt).integer().null())
-                    .to_owned(),
-            )
-            .await
+        let expires_at_ms = ColumnDef::new(Outbox::ExpiresAtMs).big_integer().null().take();
+        let attempt = ColumnDef::new(Outbox::Attempt).integer().null().take();
+        schema::add_column(manager, Outbox::Table, expires_at_ms).await?;
+        schema::add_column(manager, Outbox::Table, attempt).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {

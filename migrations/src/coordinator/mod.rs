@@ -4,6 +4,7 @@ use sea_orm_migration::prelude::*;
 
 mod m20261122_000001_sagas;
 mod m20261201_000002_outbox_expiry;
+mod m20261201_000003_typed_timeline;
 
 pub struct Migrator;
 
@@ -13,6 +14,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261122_000001_sagas::Migration),
             Box::new(m20261201_000002_outbox_expiry::Migration),
+            Box::new(m20261201_000003_typed_timeline::Migration),
         ]
     }
 }

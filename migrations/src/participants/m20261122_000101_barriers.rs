@@ -1,4 +1,4 @@
-//! The barrier table (SPEC §3): one row per (saga, branch, operation) a participant
+//! The barrier table (docs/GUARANTEES.md#barrier): one row per (saga, branch, operation) a participant
 //! has answered, holding that answer so a redelivered command gets the same reply.
 //!
 //! The primary key is what makes the barrier safe under concurrent PostgreSQL
@@ -7,6 +7,7 @@
 //! branch's `try` key (as rejected, "cancelled before try") when no try ran, so a late
 //! try and its cancel contend on one key instead of missing each other.
 
+use crate::schema;
 use sea_orm_migration::prelude::*;
 
 #[derive(DeriveMigrationName)]
@@ -28,30 +29,26 @@ impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager
             .create_table(
-                Table::create()
-                    .table(Barriers::Table)
-                    .if_not_exists()
-                    .col(ColumnDef::new(Barriers::SagaId).string_len(36).not_null())
-                    .col(ColumnDef::new(Barriers::BranchId).integer().not_null())
-                    .col(ColumnDef::new(Barriers::Operation).string_len(16).not_null())
+                schema::table(Barriers::Table)
+                    .col(schema::saga_id(Barriers::SagaId))
+                    .col(schema::branch_id(Barriers::BranchId))
+                    .col(schema::state_name(Barriers::Operation))
                     // "ok" | "rejected"; retryable answers are never stored.
-                    .col(ColumnDef::new(Barriers::Outcome).string_len(16).not_null())
+                    .col(schema::state_name(Barriers::Outcome))
                     .col(ColumnDef::new(Barriers::Reason).text().null())
-                    .col(ColumnDef::new(Barriers::CreatedAtMs).big_integer().not_null())
+                    .col(schema::big_integer(Barriers::CreatedAtMs))
                     .primary_key(
                         Index::create()
                             .col(Barriers::SagaId)
                             .col(Barriers::BranchId)
                             .col(Barriers::Operation),
                     )
-                    .to_owned(),
+                    .take(),
             )
             .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .drop_table(Table::drop().table(Barriers::Table).if_exists().to_owned())
-            .await
+        schema::drop_tables(manager, [Barriers::Table.into_iden()]).await
     }
 }

@@ -27,34 +27,25 @@ pub struct BankMigrator;
 #[async_trait::async_trait]
 impl MigratorTrait for BalanceMigrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![
-            Box::new(m20261122_000101_barriers::Migration),
-            Box::new(m20261122_000102_wallets::Migration),
-        ]
+        barrier_and(m20261122_000102_wallets::Migration)
     }
 }
 
 #[async_trait::async_trait]
 impl MigratorTrait for CardIssuerMigrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![
-            Box::new(m20261122_000101_barriers::Migration),
-            Box::new(m20261122_000103_cards::Migration),
-        ]
+        barrier_and(m20261122_000103_cards::Migration)
     }
 }
 
 #[async_trait::async_trait]
 impl MigratorTrait for BankMigrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![
-            Box::new(m20261122_000101_barriers::Migration),
-            Box::new(m20261122_000104_settlement::Migration),
-        ]
+        barrier_and(m20261122_000104_settlement::Migration)
     }
 }
 
-/// `amount_column >= 0`, named so a violation says which column broke.
-fn non_negative(name: &str, column: impl IntoIden + Clone + 'static) -> (String, SimpleExpr) {
-    (format!("ck_{name}_non_negative"), Expr::col(column).gte(0))
+/// A reference participant's migrations: the barrier table, then its `ledger`.
+pub fn barrier_and(ledger: impl MigrationTrait + 'static) -> Vec<Box<dyn MigrationTrait>> {
+    vec![Box::new(m20261122_000101_barriers::Migration), Box::new(ledger)]
 }

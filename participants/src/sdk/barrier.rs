@@ -1,4 +1,4 @@
-//! The barrier (SPEC §3; DTM's branch barrier, Seata's TCC fence).
+//! The barrier (docs/GUARANTEES.md#barrier; DTM's branch barrier, Seata's TCC fence).
 //!
 //! Every command runs in a savepoint of the caller's transaction, and the barrier row
 //! for (saga, branch, operation) is written in that same savepoint as the business
@@ -566,12 +566,8 @@ async fn claim(
     reason: Option<&str>,
 ) -> Result<bool, Error> {
     let row = entity::ActiveModel {
-        saga_id: Set(branch.saga_key()),
-        branch_id: Set(branch.branch_key()),
-        operation: Set(op.as_str().to_owned()),
-        outcome: Set(outcome.to_owned()),
-        reason: Set(reason.map(str::to_owned)),
         created_at_ms: Set(now_ms()),
+        ..answer(branch, op, outcome, reason)
     };
     let inserted = entity::Entity::insert(row)
         .on_conflict(
@@ -595,18 +591,25 @@ async fn update(
     outcome: &str,
     reason: Option<&str>,
 ) -> Result<(), Error> {
-    let row = entity::ActiveModel {
+    // Without RETURNING: one statement on every backend (reading the row back would
+    // be a second one where sea-orm does not use RETURNING).
+    entity::Entity::update(answer(branch, op, outcome, reason))
+        .exec_without_returning(txn)
+        .await?;
+    Ok(())
+}
+
+/// The barrier row of `op` on `branch` holding an answer, for [`claim`] and [`update`]
+/// (`created_at_ms` is left unset: only a claim writes it).
+fn answer(branch: &BranchRef, op: Operation, outcome: &str, reason: Option<&str>) -> entity::ActiveModel {
+    entity::ActiveModel {
         saga_id: Set(branch.saga_key()),
         branch_id: Set(branch.branch_key()),
         operation: Set(op.as_str().to_owned()),
         outcome: Set(outcome.to_owned()),
         reason: Set(reason.map(str::to_owned)),
         ..Default::default()
-    };
-    // Without RETURNING: one statement on every backend (reading the row back would
-    // be a second one where sea-orm does not use RETURNING).
-    entity::Entity::update(row).exec_without_returning(txn).await?;
-    Ok(())
+    }
 }
 
 async fn find(

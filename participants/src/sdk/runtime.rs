@@ -24,7 +24,7 @@ use super::barrier::{self, PreparedCommand};
 use super::{BranchRef, Participant};
 use crate::Error;
 use kessai_messages::{Envelope, Operation, Outcome};
-use kessai_transport::{ConsumeOptions, Consumer, Delivery, Headers, OutgoingMessage, Topology, Transport};
+use kessai_transport::{ConsumeOptions, Consumer, Delivery, Headers, OutgoingMessage, Tasks, Topology, Transport};
 use sea_orm::{DatabaseConnection, DatabaseTransaction, SqliteTransactionMode, TransactionOptions, TransactionTrait};
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -194,6 +194,15 @@ impl<P: Participant> ParticipantRuntime<P> {
             prefetch: prefetch.max(1),
             poll_wait: config.poll_wait,
         }
+    }
+
+    /// Starts [`run`](Self::run) as a supervised task named after the participant:
+    /// `shutdown()` on the result stops it gracefully, `kill()` (or dropping it) aborts.
+    pub fn start(self) -> Tasks<Error> {
+        let mut tasks = Tasks::new();
+        let cancel = tasks.cancel_token();
+        tasks.spawn(self.inner.participant.name(), async move { self.run(cancel).await });
+        tasks
     }
 
     /// Consumes until `cancel` fires, with `config.workers` concurrent loops. A batch

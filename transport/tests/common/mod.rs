@@ -1,24 +1,44 @@
-//! Shared by the transport test binaries: builds each transport against its server
-//! (skipping or failing by `kessai_transport::testing::require_service`), hands out
-//! random queue names, deletes them afterwards, and collects deliveries.
+//! Shared by the transport test binaries: builds each transport built in against its
+//! server (skipping or failing by `kessai_testkit::require_service`), hands out random
+//! queue names, deletes them afterwards, and runs a property on every transport
+//! ([`per_transport!`]). Collecting deliveries is `kessai_testkit::queues`.
 #![allow(dead_code)]
 
 use futures::FutureExt;
-use kessai_transport::testing::{self, BrokerLock};
-use kessai_transport::{
-    AmqpConfig, AmqpTransport, ConsumeOptions, Consumer, Delivery, MemoryTransport, SqsConfig, SqsTransport, Transport,
-};
+use kessai_testkit::BrokerLock;
+#[cfg(any(feature = "amqp", feature = "sqs"))]
+use kessai_transport::Delivery;
+#[cfg(feature = "amqp")]
+use kessai_transport::{AmqpConfig, AmqpTransport};
+use kessai_transport::{ConsumeOptions, Consumer, MemoryTransport, OutgoingMessage, Transport};
+#[cfg(feature = "sqs")]
+use kessai_transport::{SqsConfig, SqsTransport};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::time::Instant;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Memory,
+    #[cfg(feature = "amqp")]
     Amqp,
+    #[cfg(feature = "sqs")]
     Sqs,
+}
+
+impl Kind {
+    /// SQS: no per-message expiry, and an undeleted message reappears only after its
+    /// visibility timeout.
+    #[cfg(feature = "sqs")]
+    pub fn is_sqs(self) -> bool {
+        self == Kind::Sqs
+    }
+
+    #[cfg(not(feature = "sqs"))]
+    pub fn is_sqs(self) -> bool {
+        false
+    }
 }
 
 /// SQS visibility timeout in these tests: short, so "ack really deleted" can be
@@ -42,12 +62,21 @@ impl Ctx {
         name
     }
 
+    /// A fresh queue holding `sent`, and a consumer of it.
+    pub async fn queue_with(&self, sent: OutgoingMessage) -> (String, Box<dyn Consumer>) {
+        let q = self.queue().await;
+        self.transport.publish(&q, sent).await.expect("publish");
+        let consumer = self.consume(&q).await;
+        (q, consumer)
+    }
+
     /// How long to watch a queue to be sure nothing (more) arrives. On SQS an
     /// undeleted message reappears only after its visibility timeout.
     pub fn quiet(&self) -> Duration {
-        match self.kind {
-            Kind::Sqs => SQS_VISIBILITY + Duration::from_secs(1),
-            _ => Duration::from_secs(1),
+        if self.kind.is_sqs() {
+            SQS_VISIBILITY + Duration::from_secs(1)
+        } else {
+            Duration::from_secs(1)
         }
     }
 
@@ -57,7 +86,11 @@ impl Ctx {
 }
 
 pub fn queue_name() -> String {
-    format!("kessai-test-{}", uuid::Uuid::new_v4().simple())
+    kessai_testkit::unique_name("kessai-test-")
+}
+
+pub fn message(payload: &str) -> OutgoingMessage {
+    OutgoingMessage::new(payload.as_bytes().to_vec())
 }
 
 pub fn options(prefetch: u16) -> ConsumeOptions {
@@ -67,16 +100,18 @@ pub fn options(prefetch: u16) -> ConsumeOptions {
     }
 }
 
+#[cfg(feature = "amqp")]
 pub fn amqp_config() -> AmqpConfig {
     AmqpConfig {
         connection_name: "kessai-transport-tests".into(),
-        ..AmqpConfig::new(testing::amqp_url())
+        ..AmqpConfig::new(kessai_testkit::amqp_url())
     }
 }
 
+#[cfg(feature = "sqs")]
 pub fn sqs_config() -> SqsConfig {
     SqsConfig {
-        endpoint_url: Some(testing::sqs_endpoint()),
+        endpoint_url: Some(kessai_testkit::sqs_endpoint()),
         region: "us-east-1".into(),
         access_key_id: Some("test".into()),
         secret_access_key: Some("test".into()),
@@ -86,14 +121,91 @@ pub fn sqs_config() -> SqsConfig {
     }
 }
 
-/// `Some(lock)` if RabbitMQ is there (shared broker lock taken), `None` to skip.
-pub fn rabbit_available() -> Option<BrokerLock> {
-    let url = testing::amqp_url();
-    testing::require_service("RabbitMQ", &testing::host_port(&url, 5672)).then(|| testing::broker_lock("rabbit", false))
+/// A plain lapin connection and channel to RabbitMQ, to look behind the transport.
+#[cfg(feature = "amqp")]
+pub async fn raw_channel() -> (lapin::Connection, lapin::Channel) {
+    let connection = lapin::Connection::connect(&kessai_testkit::amqp_url(), lapin::ConnectionProperties::default())
+        .await
+        .expect("raw connection");
+    let channel = connection.create_channel().await.expect("raw channel");
+    (connection, channel)
 }
 
-pub fn sqs_available() -> bool {
-    testing::require_service("SQS emulator", &testing::host_port(&testing::sqs_endpoint(), 80))
+/// `kind`'s transport with the default test configuration (and, for RabbitMQ, the
+/// shared broker lock), or `None` to skip: its server is not reachable.
+pub async fn connect(kind: Kind) -> Option<(Arc<dyn Transport>, Option<BrokerLock>)> {
+    Some(match kind {
+        Kind::Memory => (Arc::new(MemoryTransport::new()), None),
+        #[cfg(feature = "amqp")]
+        Kind::Amqp => {
+            let (lock, transport) = amqp(amqp_config()).await?;
+            (Arc::new(transport), Some(lock))
+        }
+        #[cfg(feature = "sqs")]
+        Kind::Sqs => (Arc::new(sqs(sqs_config()).await?), None),
+    })
+}
+
+/// RabbitMQ with `config`, and the shared broker lock; `None` to skip.
+#[cfg(feature = "amqp")]
+pub async fn amqp(config: AmqpConfig) -> Option<(BrokerLock, AmqpTransport)> {
+    let lock = kessai_testkit::rabbitmq_available()?;
+    let transport = AmqpTransport::connect(config).await.expect("connect to RabbitMQ");
+    Some((lock, transport))
+}
+
+/// The SQS emulator with `config`; `None` to skip.
+#[cfg(feature = "sqs")]
+pub async fn sqs(config: SqsConfig) -> Option<SqsTransport> {
+    if !kessai_testkit::require_sqs() {
+        return None;
+    }
+    Some(SqsTransport::connect(config).await.expect("SQS client"))
+}
+
+/// The end of a broker test: deletes its queues, and holds the broker lock till then.
+pub struct Cleanup {
+    kind: Kind,
+    queues: Vec<String>,
+    _lock: Option<BrokerLock>,
+}
+
+impl Cleanup {
+    pub async fn done(self) {
+        delete_queues(self.kind, &self.queues).await;
+    }
+}
+
+/// RabbitMQ with `config` and a fresh queue declared on it; `None` to skip.
+#[cfg(feature = "amqp")]
+pub async fn amqp_queue(config: AmqpConfig) -> Option<(AmqpTransport, String, Cleanup)> {
+    let (lock, transport) = amqp(config).await?;
+    let q = declared(&transport).await;
+    let cleanup = Cleanup {
+        kind: Kind::Amqp,
+        queues: vec![q.clone()],
+        _lock: Some(lock),
+    };
+    Some((transport, q, cleanup))
+}
+
+/// The SQS emulator with `config` and a fresh queue declared on it; `None` to skip.
+#[cfg(feature = "sqs")]
+pub async fn sqs_queue(config: SqsConfig) -> Option<(SqsTransport, String, Cleanup)> {
+    let transport = sqs(config).await?;
+    let q = declared(&transport).await;
+    let cleanup = Cleanup {
+        kind: Kind::Sqs,
+        queues: vec![q.clone()],
+        _lock: None,
+    };
+    Some((transport, q, cleanup))
+}
+
+async fn declared(transport: &dyn Transport) -> String {
+    let q = queue_name();
+    transport.declare(&q).await.expect("declare");
+    q
 }
 
 /// Runs `property` against `kind` (or skips it), then deletes the queues it declared,
@@ -103,26 +215,8 @@ where
     F: FnOnce(Ctx) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let mut _lock = None;
-    let transport: Arc<dyn Transport> = match kind {
-        Kind::Memory => Arc::new(MemoryTransport::new()),
-        Kind::Amqp => {
-            let Some(lock) = rabbit_available() else {
-                return;
-            };
-            _lock = Some(lock);
-            Arc::new(
-                AmqpTransport::connect(amqp_config())
-                    .await
-                    .expect("connect to RabbitMQ"),
-            )
-        }
-        Kind::Sqs => {
-            if !sqs_available() {
-                return;
-            }
-            Arc::new(SqsTransport::connect(sqs_config()).await.expect("SQS client"))
-        }
+    let Some((transport, _lock)) = connect(kind).await else {
+        return;
     };
     let ctx = Ctx {
         kind,
@@ -139,16 +233,8 @@ where
 
 /// Best-effort removal of test queues and their dead-letter queues.
 pub async fn delete_queues(kind: Kind, queues: &[String]) {
-    let transport: Arc<dyn Transport> = match kind {
-        Kind::Memory => return,
-        Kind::Amqp => match AmqpTransport::connect(amqp_config()).await {
-            Ok(t) => Arc::new(t),
-            Err(_) => return,
-        },
-        Kind::Sqs => match SqsTransport::connect(sqs_config()).await {
-            Ok(t) => Arc::new(t),
-            Err(_) => return,
-        },
+    let Some(transport) = reconnect(kind).await else {
+        return;
     };
     for q in queues {
         if let Err(e) = transport.delete(q).await {
@@ -157,33 +243,67 @@ pub async fn delete_queues(kind: Kind, queues: &[String]) {
     }
 }
 
-/// Collects up to `n` deliveries, giving up after `within`.
-pub async fn receive(consumer: &mut Box<dyn Consumer>, n: usize, within: Duration) -> Vec<Delivery> {
-    let deadline = Instant::now() + within;
-    let mut out = Vec::new();
-    while out.len() < n && Instant::now() < deadline {
-        match consumer.next_batch(n - out.len()).await {
-            Ok(batch) => out.extend(batch),
-            Err(e) if e.is_retryable() => eprintln!("next_batch: {e} (retrying)"),
-            Err(e) => panic!("next_batch failed permanently: {e}"),
+/// A new connection to `kind`'s server if one can be had; `None` for the in-process
+/// transport, whose queues go with it.
+async fn reconnect(kind: Kind) -> Option<Arc<dyn Transport>> {
+    match kind {
+        Kind::Memory => None,
+        #[cfg(feature = "amqp")]
+        Kind::Amqp => {
+            let transport = AmqpTransport::connect(amqp_config()).await.ok()?;
+            Some(Arc::new(transport))
+        }
+        #[cfg(feature = "sqs")]
+        Kind::Sqs => {
+            let transport = SqsTransport::connect(sqs_config()).await.ok()?;
+            Some(Arc::new(transport))
         }
     }
-    out
 }
 
-/// Exactly one delivery within `within`, or a panic naming what came instead.
-pub async fn receive_one(consumer: &mut Box<dyn Consumer>, within: Duration) -> Delivery {
-    let mut got = receive(consumer, 1, within).await;
-    assert_eq!(got.len(), 1, "expected one delivery within {within:?}");
-    got.pop().unwrap()
+/// A broker's prefetch at work: of 10 messages on `q`, a consumer with prefetch 3 holds
+/// 3 unsettled deliveries (`within` to receive them), and once it acked them 3 more, no
+/// more. Returns the consumer and those three, unsettled.
+#[cfg(any(feature = "amqp", feature = "sqs"))]
+pub async fn prefetch_of_three(
+    transport: &dyn Transport,
+    q: &str,
+    within: Duration,
+) -> (Box<dyn Consumer>, Vec<Delivery>) {
+    let batch = (0..10u8).map(|i| OutgoingMessage::new(vec![b'0' + i])).collect();
+    transport.publish_batch(q, batch).await.expect("publish_batch");
+    let mut consumer = transport.consume(q, options(3)).await.expect("consume");
+    let held = kessai_testkit::receive(&mut consumer, 10, within).await;
+    assert_eq!(held.len(), 3, "prefetch 3 caps unsettled deliveries");
+    for d in held {
+        d.ack().await.expect("ack");
+    }
+    let more = kessai_testkit::receive(&mut consumer, 10, within).await;
+    assert_eq!(more.len(), 3, "acking made room for 3 more, no more");
+    (consumer, more)
 }
 
-/// Watches the queue for `within` and fails if anything arrives.
-pub async fn expect_nothing(consumer: &mut Box<dyn Consumer>, within: Duration) {
-    let got = receive(consumer, 1, within).await;
-    let payloads: Vec<String> = got
-        .iter()
-        .map(|d| String::from_utf8_lossy(&d.payload).into_owned())
-        .collect();
-    assert!(got.is_empty(), "expected nothing, got {payloads:?}");
+/// Instantiates each property (an `async fn(Ctx)` of the including test file) once per
+/// transport built in: `memory::<property>`, `amqp::<property>`, `sqs::<property>`.
+#[allow(unused_macros)] // Not every test binary runs properties.
+macro_rules! per_transport {
+    ($($property:ident),* $(,)?) => {
+        $crate::common::per_transport!(@on memory, Memory, $($property),*);
+        #[cfg(feature = "amqp")]
+        $crate::common::per_transport!(@on amqp, Amqp, $($property),*);
+        #[cfg(feature = "sqs")]
+        $crate::common::per_transport!(@on sqs, Sqs, $($property),*);
+    };
+    (@on $module:ident, $kind:ident, $($property:ident),*) => {
+        mod $module {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $property() {
+                    $crate::common::run($crate::common::Kind::$kind, super::$property).await;
+                }
+            )*
+        }
+    };
 }
+#[allow(unused_imports)]
+pub(crate) use per_transport;

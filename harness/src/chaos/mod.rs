@@ -1,4 +1,4 @@
-//! `kessai chaos`: break things on purpose, then prove SPEC §4.
+//! `kessai chaos`: break things on purpose, then prove the invariants (docs/GUARANTEES.md#invariants).
 //!
 //! Two deployments, one report:
 //!
@@ -9,7 +9,7 @@
 //!   restart; RabbitMQ stopped and started every `--broker-restart-every`
 //!   (`rabbitmqctl stop_app` / `start_app`, [`broker`]); and message drop / duplicate /
 //!   delay / reorder injected *inside* every service (`[faults]`,
-//!   [`crate::fault_control`]) on what it publishes.
+//!   [`kessai_service::fault_control`]) on what it publishes.
 //! - **in-process** (`--transport memory`, or `--in-process` with a broker): the
 //!   coordinator and the participants share this process on SQLite files over a
 //!   [`FaultyTransport`]; a "kill" aborts one service's tasks with no shutdown step,
@@ -18,7 +18,7 @@
 //!
 //! Clients submit payments back-to-back for `--duration` while the faults run. Then
 //! the faults stop, the run waits for quiescence (every saga terminal, the outbox
-//! empty, nothing queued or held back), checks every invariant of §4 from each
+//! empty, nothing queued or held back), checks every invariant (docs/GUARANTEES.md) from each
 //! participant's own database, checks the participants' barrier records (no branch
 //! confirmed twice, no confirm after or beside a cancel), and reports.
 
@@ -26,23 +26,24 @@ mod broker;
 mod in_process;
 pub(crate) mod processes;
 
-use crate::config::{Config, CoordinatorSettings};
 use crate::demo::TransportKind;
-use crate::invariants::{self, Check, InvariantReport, Resubmission, SagaOutcome};
-use crate::units::parse_duration;
+use crate::invariants::{self, Check, InvariantReport, Resubmission};
 use anyhow::Context;
 use clap::Args;
 use kessai_coordinator::SagaState;
-use kessai_coordinator::store::entities::saga_event;
-use kessai_messages::{Operation, Payment, SagaId};
-use kessai_participants::ReferenceParticipant;
+use kessai_messages::{Operation, SagaId};
+use kessai_participants::{RegisteredParticipant, Registry};
+use kessai_service::config::{Config, CoordinatorSettings};
+use kessai_service::units::parse_duration;
 use kessai_transport::FaultConfig;
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect};
+use rand::rngs::SmallRng;
+use sea_orm::DatabaseConnection;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Longest wait for quiescence once the faults stopped.
@@ -273,6 +274,42 @@ pub struct ChaosOptions {
     pub config: Config,
     /// Print phase lines to stderr.
     pub progress: bool,
+    /// The participants of the in-process deployment (the multi-process one runs the
+    /// `kessai participant` services, the reference three).
+    pub registry: Registry,
+    /// What the in-process clients submit (the multi-process clients submit payments
+    /// over HTTP).
+    pub workload: Workload,
+}
+
+/// What chaos clients submit: a saga kind and how to make one request of it from
+/// the client's random source, a unique id and the fail rate.
+#[derive(Clone)]
+pub struct Workload {
+    pub kind: &'static str,
+    #[allow(clippy::type_complexity)]
+    pub request: Arc<dyn Fn(&mut SmallRng, String, f64) -> serde_json::Value + Send + Sync>,
+}
+
+impl Workload {
+    /// Payments across balance, card-issuer and bank; a `fail_rate` share draws on the
+    /// frozen settlement account and must cancel.
+    pub fn payments() -> Self {
+        Workload {
+            kind: kessai_coordinator::PaymentSaga::KIND,
+            request: Arc::new(|rng, id, fail_rate| {
+                serde_json::to_value(crate::demo::random_payment(rng, id, fail_rate)).expect("serialises")
+            }),
+        }
+    }
+}
+
+impl std::fmt::Debug for Workload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workload")
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for ChaosOptions {
@@ -297,6 +334,8 @@ impl Default for ChaosOptions {
             keep: false,
             config: Config::default(),
             progress: false,
+            registry: Registry::reference(),
+            workload: Workload::payments(),
         }
     }
 }
@@ -392,7 +431,7 @@ pub struct ChaosReport {
     pub max_resends_saga: Option<SagaId>,
     /// Sagas whose barrier records were checked.
     pub barrier_sagas_checked: u64,
-    /// SPEC §4 checks plus the barrier check, each with offending saga ids.
+    /// The invariant checks plus the barrier check, each with offending saga ids.
     pub invariants: InvariantReport,
     /// SQLite files (in-process) or the services' logs (processes).
     pub data_dir: String,
@@ -426,6 +465,7 @@ pub async fn run_cli(args: ChaosArgs) -> anyhow::Result<ExitCode> {
         keep: args.keep,
         config: Config::load(args.config.as_deref())?,
         progress: !json && std::io::stderr().is_terminal(),
+        ..ChaosOptions::default()
     })
     .await?;
     if json {
@@ -485,16 +525,49 @@ pub async fn run(opts: ChaosOptions) -> anyhow::Result<ChaosReport> {
     }
 }
 
-/// What the clients hand back.
-#[derive(Default)]
-struct ClientOutcome {
-    acknowledged: Vec<SagaId>,
-    /// The first acknowledged payment, for the idempotency check.
-    sample: Option<(Payment, SagaId)>,
+/// A fault task: process kills (by service) or broker restarts (a count).
+type FaultTask<T> = Option<tokio::task::JoinHandle<anyhow::Result<T>>>;
+
+/// Lets the faults run for `duration`, then stops them and waits until the broker is
+/// up and every killed service back: the broker first, so that whatever else failed,
+/// it is not left stopped. Returns (kills by service, broker restarts).
+async fn faults_for(
+    duration: Duration,
+    stop: &tokio_util::sync::CancellationToken,
+    kills: FaultTask<BTreeMap<String, u64>>,
+    restarts: FaultTask<u64>,
+) -> anyhow::Result<(BTreeMap<String, u64>, u64)> {
+    tokio::time::sleep(duration).await;
+    stop.cancel();
+    let broker_restarts = match restarts {
+        Some(r) => r.await.context("broker task")?,
+        None => Ok(0),
+    };
+    let kills_by_service = match kills {
+        Some(k) => k.await.context("fault task")??,
+        None => BTreeMap::new(),
+    };
+    Ok((kills_by_service, broker_restarts?))
 }
 
-impl ClientOutcome {
-    fn merge(outcomes: impl IntoIterator<Item = ClientOutcome>) -> (Vec<SagaId>, Vec<(Payment, SagaId)>) {
+/// What the clients hand back; `R` is what they submit.
+struct ClientOutcome<R> {
+    acknowledged: Vec<SagaId>,
+    /// The first acknowledged request, for the idempotency check.
+    sample: Option<(R, SagaId)>,
+}
+
+impl<R> Default for ClientOutcome<R> {
+    fn default() -> Self {
+        ClientOutcome {
+            acknowledged: Vec::new(),
+            sample: None,
+        }
+    }
+}
+
+impl<R> ClientOutcome<R> {
+    fn merge(outcomes: impl IntoIterator<Item = ClientOutcome<R>>) -> (Vec<SagaId>, Vec<(R, SagaId)>) {
         let mut acknowledged = Vec::new();
         let mut samples = Vec::new();
         for o in outcomes {
@@ -514,7 +587,8 @@ fn client_seed(opts: &ChaosOptions, client: usize) -> u64 {
 /// each participant's own.
 struct Books<'a> {
     coordinator: &'a DatabaseConnection,
-    participants: Vec<(ReferenceParticipant, &'a DatabaseConnection)>,
+    registry: &'a Registry,
+    participants: Vec<(Arc<dyn RegisteredParticipant>, &'a DatabaseConnection)>,
 }
 
 /// What the databases say after the run.
@@ -527,7 +601,7 @@ struct Assessment {
     barrier_sagas_checked: u64,
 }
 
-/// SPEC §4 from each participant's books, the barrier check, the saga counts and the
+/// The invariants from each participant's books, the barrier check, the saga counts and the
 /// resend statistics. `extra` checks (quiescence, clean stops) join the report.
 async fn assess(
     books: &Books<'_>,
@@ -535,21 +609,20 @@ async fn assess(
     resubmissions: &[Resubmission],
     extra: Vec<Check>,
 ) -> anyhow::Result<Assessment> {
-    let rows = kessai_coordinator::store::outcomes(books.coordinator).await?;
-    let outcomes: Vec<SagaOutcome> = rows
-        .iter()
-        .map(|(id, state, request)| SagaOutcome::from_row(*id, *state, request))
-        .collect();
+    let outcomes = invariants::read_outcomes(books.coordinator, books.registry).await?;
     let mut audits = Vec::new();
     for (p, db) in &books.participants {
         audits.push(p.audit(db).await.with_context(|| format!("auditing {}", p.name()))?);
     }
     let mut report = invariants::check_all(&outcomes, &audits, acknowledged, resubmissions);
-    let states: Vec<(SagaId, SagaState)> = rows.iter().map(|(id, state, _)| (*id, *state)).collect();
+    let states: Vec<(SagaId, SagaState)> = outcomes.iter().map(|o| (o.id, o.state)).collect();
     let (barrier, barrier_sagas_checked) = barrier_check(&books.participants, &states).await?;
     report.checks.push(barrier);
     report.checks.extend(extra);
-    let (max_sends, max_resends_per_saga, max_resends_saga) = send_counts(books.coordinator).await?;
+    // Read from the typed timeline (each `resent` entry carries its send number).
+    let resends = kessai_coordinator::store::resend_summary(books.coordinator).await?;
+    let (max_sends, max_resends_per_saga, max_resends_saga) =
+        (resends.max_attempt, resends.most_resent_count, resends.most_resent);
     let (by_state, stuck) = kessai_coordinator::store::counts(books.coordinator).await?;
     let count = |s: SagaState| by_state.get(&s).copied().unwrap_or(0);
     Ok(Assessment {
@@ -607,16 +680,16 @@ fn quiescence_check(opts: &ChaosOptions, quiesced: bool) -> Option<Check> {
 /// From each participant's barrier records: no branch confirmed twice, no confirm
 /// taking effect after (or alongside) a cancel, and each outcome matches the saga's.
 async fn barrier_check(
-    participants: &[(ReferenceParticipant, &DatabaseConnection)],
+    participants: &[(Arc<dyn RegisteredParticipant>, &DatabaseConnection)],
     outcomes: &[(SagaId, SagaState)],
 ) -> anyhow::Result<(Check, u64)> {
     let stride = outcomes.len().div_ceil(BARRIER_SAMPLE).max(1);
     let sample: Vec<&(SagaId, SagaState)> = outcomes.iter().step_by(stride).collect();
     let mut offending = Vec::new();
     let mut problems = Vec::new();
-    for &(p, db) in participants {
+    for (p, db) in participants {
         for &&(saga, state) in &sample {
-            let records = kessai_participants::barrier_records(db, saga).await?;
+            let records = kessai_participants::barrier_records(*db, saga).await?;
             let mut by_branch: BTreeMap<u32, Vec<&kessai_participants::BarrierRecord>> = BTreeMap::new();
             for r in &records {
                 by_branch.entry(r.branch_id.0).or_default().push(r);
@@ -675,39 +748,6 @@ async fn barrier_check(
         },
         n,
     ))
-}
-
-/// (most sends of one command to one branch, most resends of one saga, that saga),
-/// from the coordinator's timeline: each `resent` entry reads "<op> send <n> to <p>".
-async fn send_counts(db: &sea_orm::DatabaseConnection) -> anyhow::Result<(u32, u64, Option<SagaId>)> {
-    let rows: Vec<(String, String)> = saga_event::Entity::find()
-        .select_only()
-        .column(saga_event::Column::SagaId)
-        .column(saga_event::Column::Detail)
-        .filter(saga_event::Column::Kind.eq("resent"))
-        .into_tuple()
-        .all(db)
-        .await?;
-    let mut max_sends = 1u32;
-    let mut per_saga: HashMap<String, u64> = HashMap::new();
-    for (saga, detail) in rows {
-        if let Some(n) = detail
-            .split_whitespace()
-            .skip_while(|w| *w != "send")
-            .nth(1)
-            .and_then(|n| n.parse::<u32>().ok())
-        {
-            max_sends = max_sends.max(n);
-        }
-        *per_saga.entry(saga).or_default() += 1;
-    }
-    let top = per_saga
-        .into_iter()
-        .max_by_key(|(id, n)| (*n, std::cmp::Reverse(id.clone())));
-    Ok(match top {
-        Some((id, n)) => (max_sends, n, id.parse().ok()),
-        None => (max_sends, 0, None),
-    })
 }
 
 #[cfg(test)]

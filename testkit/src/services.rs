@@ -1,5 +1,5 @@
-//! Helpers for tests that need a real broker (or database), shared by every crate's
-//! integration tests so they all follow one rule:
+//! Finding the real services tests need (RabbitMQ, the SQS emulator, PostgreSQL), with
+//! one rule for every crate's tests:
 //!
 //! - a service that is not reachable makes its tests **skip** with a printed note, so
 //!   `cargo test` works on a laptop without RabbitMQ or the SQS emulator;
@@ -11,9 +11,8 @@
 //! test never pulls the broker from under a test running in another binary
 //! (cargo-nextest runs test binaries in parallel).
 
-pub use crate::rabbitmq_admin::{RabbitOutage, rabbitmqctl};
 use std::fs::File;
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 /// The environment variable that turns "skip" into "fail".
@@ -71,6 +70,44 @@ pub fn require_service(name: &str, addr: &str) -> bool {
     false
 }
 
+/// RabbitMQ at [`amqp_url`] reachable? (The [`require_service`] rule.)
+pub fn require_rabbitmq() -> bool {
+    require_service("RabbitMQ", &host_port(&amqp_url(), 5672))
+}
+
+/// The SQS emulator at [`sqs_endpoint`] reachable? (The [`require_service`] rule.)
+pub fn require_sqs() -> bool {
+    require_service("SQS emulator", &host_port(&sqs_endpoint(), 80))
+}
+
+/// The PostgreSQL server at [`postgres_url`] reachable? (The [`require_service`] rule.)
+pub fn require_postgres() -> bool {
+    require_service("PostgreSQL", &host_port(&postgres_url(), 5432))
+}
+
+/// The name of RabbitMQ's [`broker_lock`].
+pub const RABBITMQ: &str = "rabbit";
+
+/// `Some(shared lock)` if RabbitMQ is reachable, for a test that uses the broker without
+/// stopping it; `None` to skip (see [`require_service`]).
+pub fn rabbitmq_available() -> Option<BrokerLock> {
+    require_rabbitmq().then(|| broker_lock(RABBITMQ, false))
+}
+
+/// A TCP port nothing listens on at the moment (on 127.0.0.1), for a server a test starts.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// `prefix` and 16 random hex digits: a name no other test (or run) uses, for queues and
+/// databases (`a-z`, `0-9` and the prefix's own characters only).
+pub fn unique_name(prefix: &str) -> String {
+    format!("{prefix}{}", &uuid::Uuid::new_v4().simple().to_string()[..16])
+}
+
 /// A held broker lock; released on drop.
 #[derive(Debug)]
 pub struct BrokerLock {
@@ -107,6 +144,24 @@ mod tests {
         assert_eq!(host_port("amqp://rabbit/%2f", 5672), "rabbit:5672");
         assert_eq!(host_port("http://127.0.0.1:4566", 80), "127.0.0.1:4566");
         assert_eq!(host_port("postgres://u:p@db:5433/x?sslmode=off", 5432), "db:5433");
+    }
+
+    #[test]
+    fn unique_names_differ() {
+        let (a, b) = (unique_name("kessai_"), unique_name("kessai_"));
+        assert_ne!(a, b);
+        assert_eq!(a.len(), "kessai_".len() + 16);
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
+        );
+    }
+
+    #[test]
+    fn free_ports_can_be_bound() {
+        let port = free_port();
+        assert_ne!(port, 0);
+        drop(TcpListener::bind(("127.0.0.1", port)).expect("bind the free port"));
     }
 
     #[test]

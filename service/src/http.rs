@@ -1,4 +1,4 @@
-//! The coordinator's HTTP API (SPEC §5), as far as it exists yet:
+//! The coordinator's HTTP API, as far as it exists yet:
 //!
 //! - `POST /v1/payments` `{payment_id, account_id, card_id, amount, currency}` → 202
 //!   `{"saga_id", "created"}` (and a `Location` header). `payment_id` is the
@@ -17,7 +17,7 @@
 //! refuses a new saga (too many unfinished; nothing is created), and 503 when the
 //! coordinator cannot take work right now; a bad request never panics a handler.
 //!
-//! This module grows into the full API of SPEC §5: bearer-token auth with scopes,
+//! This module grows into the full /v1 API: bearer-token auth with scopes,
 //! `POST /v1/sagas`, `GET /v1/sagas?state=`, retry,
 //! `/metrics` and `/ui`. New routes go into [`router`]; processes merge it with
 //! [`crate::health::router`].

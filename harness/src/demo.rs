@@ -1,18 +1,18 @@
 //! `kessai demo`: the embedded stack under a payment workload, then the invariants.
 
-use crate::config::Config;
-use crate::invariants::{self, InvariantReport, Resubmission, SagaOutcome};
+use crate::invariants::{self, InvariantReport, Resubmission};
 use crate::stack::{DatabaseUrls, EmbeddedStack, StackConfig};
 use anyhow::{Context, bail};
 use kessai_coordinator::{AdmissionLimit, Coordinator, CoordinatorConfig, SagaState, SystemClock};
 use kessai_messages::payment::DEFAULT_SETTLEMENT_ACCOUNT;
 use kessai_messages::{Currency, Payment, SagaId};
-use kessai_participants::ReferenceParticipant;
+use kessai_participants::Registry;
 use kessai_participants::ledger::{DEMO_ACCOUNTS, FROZEN_SETTLEMENT_ACCOUNT, demo_account_id, demo_card_id};
+use kessai_service::config::Config;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use secrecy::ExposeSecret;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,20 +21,7 @@ use std::time::{Duration, Instant};
 /// How long one payment may take before the demo calls the run a failure.
 const PAYMENT_PATIENCE: Duration = Duration::from_secs(120);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TransportKind {
-    Memory,
-    Amqp,
-    Sqs,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StoreKind {
-    Sqlite,
-    Postgres,
-}
+pub use kessai_service::config::{StoreKind, TransportKind};
 
 #[derive(Clone, Debug)]
 pub struct DemoOptions {
@@ -126,6 +113,8 @@ pub struct RunSetup<'a> {
     pub config: &'a Config,
     /// Count database statements per service (see [`crate::stack::StatementCounts`]).
     pub count_statements: bool,
+    /// The participants to run.
+    pub registry: Registry,
 }
 
 impl RunStack {
@@ -150,16 +139,14 @@ impl RunStack {
                         .to_path_buf(),
                 };
                 std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-                DatabaseUrls::sqlite(&dir)
+                DatabaseUrls::sqlite(&dir, &setup.registry)
             }
             StoreKind::Postgres => {
                 // The demo starts from empty books: its databases are dropped and recreated.
                 config.store.database_prefix = format!("{}_demo", config.store.database_prefix);
                 let server = config.store.postgres_url.expose_secret().to_owned();
-                let mut names = vec!["coordinator"];
-                names.extend(ReferenceParticipant::ALL.iter().map(|p| p.name()));
-                for n in &names {
-                    let db = format!("{}_{}", config.store.database_prefix, n.replace('-', "_"));
+                for n in crate::stack::service_names(&setup.registry) {
+                    let db = config.database_name(n);
                     kessai_migrations::drop_postgres_database(&server, &db)
                         .await
                         .with_context(|| format!("resetting database {db} on the configured PostgreSQL server"))?;
@@ -168,7 +155,7 @@ impl RunStack {
                     coordinator: config.database_url("coordinator").await?,
                     participants: Default::default(),
                 };
-                for p in ReferenceParticipant::ALL {
+                for p in setup.registry.iter() {
                     urls.participants.insert(p.name(), config.database_url(p.name()).await?);
                 }
                 urls
@@ -218,6 +205,7 @@ impl RunStack {
         // One coordinator on its own database: it wakes every waiter itself.
         coordinator.wait_poll = None;
         let stack_config = StackConfig {
+            registry: setup.registry.clone(),
             urls,
             coordinator,
             participant,
@@ -238,7 +226,8 @@ impl RunStack {
     /// bench leaves nothing behind on a shared RabbitMQ or SQS.
     pub async fn finish(self) {
         let transport = self.stack.transport().clone();
-        let queues = crate::stack::service_queues(&self.stack.config().coordinator.topology);
+        let queues =
+            crate::stack::service_queues(&self.stack.config().coordinator.topology, &self.stack.config().registry);
         for (task, r) in self.stack.shutdown().await {
             if let Err(e) = r {
                 tracing::warn!(task, error = %e, "task ended with an error");
@@ -259,6 +248,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         data_dir: opts.data_dir.as_deref(),
         config: &opts.config,
         count_statements: false,
+        registry: Registry::reference(),
     })
     .await?;
     let result = drive(&run.stack, &opts, &run.run_id).await;
@@ -396,17 +386,13 @@ pub(crate) async fn wait_quiet(stack: &EmbeddedStack) {
     }
 }
 
-/// Reads the coordinator's outcomes and every participant's books, checks SPEC §4.
+/// Reads the coordinator's outcomes and every participant's books, checks the invariants.
 pub async fn check(
     stack: &EmbeddedStack,
     acknowledged: &[SagaId],
     resubmissions: &[Resubmission],
 ) -> anyhow::Result<InvariantReport> {
-    let outcomes: Vec<SagaOutcome> = kessai_coordinator::store::outcomes(stack.coordinator().db())
-        .await?
-        .into_iter()
-        .map(|(id, state, request)| SagaOutcome::from_row(id, state, &request))
-        .collect();
+    let outcomes = invariants::read_outcomes(stack.coordinator().db(), &stack.config().registry).await?;
     let audits = stack.audits().await?;
     Ok(invariants::check_all(&outcomes, &audits, acknowledged, resubmissions))
 }

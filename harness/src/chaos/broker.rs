@@ -3,14 +3,14 @@
 //! Durable queues and persistent messages survive; every connection drops, so this
 //! proves the services reconnect and nothing acknowledged is lost.
 
-use kessai_transport::RabbitOutage;
+use kessai_testkit::RabbitOutage;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// Fails early, with what to do, if `rabbitmqctl` cannot drive the broker.
 pub(super) async fn preflight() -> anyhow::Result<()> {
-    tokio::task::spawn_blocking(|| kessai_transport::rabbitmqctl(&["await_startup"]))
+    tokio::task::spawn_blocking(|| kessai_testkit::rabbitmqctl(&["await_startup"]))
         .await?
         .map_err(|e| {
             anyhow::anyhow!(

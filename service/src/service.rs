@@ -20,23 +20,22 @@
 //! its work (the coordinator's one-shot `resume`) does not.
 
 use crate::config::Config;
-use crate::demo::TransportKind;
+use crate::config::TransportKind;
 use crate::fault_control;
 use crate::health::{self, Health};
 use anyhow::Context;
 use clap::Args;
-use clap::builder::{PossibleValuesParser, TypedValueParser};
-use kessai_coordinator::{Coordinator, CoordinatorTasks, SystemClock};
-use kessai_migrations::Service;
-use kessai_participants::ReferenceParticipant;
-use kessai_transport::Transport;
+use clap::builder::PossibleValuesParser;
+use kessai_coordinator::{Coordinator, SystemClock};
+use kessai_migrations::CoordinatorMigrator;
+use kessai_participants::Registry;
+use kessai_transport::{TaskEnd, Tasks, Transport};
 use sea_orm::DatabaseConnection;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// First wait before retrying an unreachable broker at start; doubles up to
@@ -55,24 +54,26 @@ pub struct CoordinatorArgs {
 
 #[derive(Debug, Args)]
 pub struct ParticipantArgs {
-    /// Which reference participant this process runs.
+    /// Which registered participant this process runs.
     #[arg(value_name = "NAME", value_parser = participant_name())]
-    pub name: ReferenceParticipant,
+    pub name: String,
     /// TOML configuration file; `KESSAI_*` environment variables override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
 
-fn participant_name() -> impl TypedValueParser<Value = ReferenceParticipant> {
-    PossibleValuesParser::new(ReferenceParticipant::ALL.map(|p| p.name()))
-        .map(|name| ReferenceParticipant::from_name(&name).expect("only listed names get here"))
+fn participant_name() -> PossibleValuesParser {
+    PossibleValuesParser::new(Registry::reference().names())
 }
 
 /// `kessai coordinator`.
 pub async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(args.config, "coordinator")?;
     let stop = watch_signals()?;
-    let db = open_database(&config, "coordinator", Service::Coordinator).await?;
+    let url = config.database_url("coordinator").await?;
+    let db = kessai_migrations::open_migrated::<CoordinatorMigrator>(&url, config.store.max_connections)
+        .await
+        .context("opening the coordinator database")?;
     let reply_queue = config.topology().reply_queue();
     let Some(transport) = connect_transport(&config, &reply_queue, &stop).await? else {
         return Ok(stopped_before_start("coordinator"));
@@ -90,25 +91,24 @@ pub async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> 
     let router = health::router(Health::new("coordinator", db.clone(), transport, reply_queue))
         .merge(crate::http::router(coordinator))
         .merge(faults.map(fault_control::router).unwrap_or_default());
-    supervise("coordinator", Running::Coordinator(tasks), listener, router, stop, db).await
+    supervise("coordinator", tasks, listener, router, stop, db).await
 }
 
 /// `kessai participant <name>`.
 pub async fn run_participant(args: ParticipantArgs) -> anyhow::Result<ExitCode> {
-    let p = args.name;
+    let p = Registry::reference().require(&args.name)?.clone();
     let config = load_config(args.config, p.name())?;
     let stop = watch_signals()?;
-    let service = match p {
-        ReferenceParticipant::Balance => Service::Balance,
-        ReferenceParticipant::CardIssuer => Service::CardIssuer,
-        ReferenceParticipant::Bank => Service::Bank,
-    };
-    let db = open_database(&config, p.name(), service).await?;
+    let url = config.database_url(p.name()).await?;
+    let db = p
+        .open(&url, config.store.max_connections)
+        .await
+        .with_context(|| format!("opening the {} database", p.name()))?;
     if config.participant.seed_demo {
         let seeded = p
             .seed_demo(&db)
             .await
-            .with_context(|| format!("seeding the {p} demo data"))?;
+            .with_context(|| format!("seeding the {} demo data", p.name()))?;
         tracing::info!(service = p.name(), rows = seeded, "demo data seeded");
     }
     let queue = config.topology().command_queue(p.name());
@@ -117,20 +117,10 @@ pub async fn run_participant(args: ParticipantArgs) -> anyhow::Result<ExitCode> 
     };
     let (transport, faults) = fault_control::wrap(p.name(), transport, config.faults.fault_config()?)?;
     let listener = bind(&config.http.listen).await?;
-    let cancel = CancellationToken::new();
-    let task = tokio::spawn(p.run(
-        db.clone(),
-        transport.clone(),
-        config.participant_config(),
-        cancel.clone(),
-    ));
+    let tasks = p.start(db.clone(), transport.clone(), config.participant_config());
     let router = health::router(Health::new(p.name(), db.clone(), transport, queue))
         .merge(faults.map(fault_control::router).unwrap_or_default());
-    let running = Running::Participant {
-        cancel,
-        task: Some(task),
-    };
-    supervise(p.name(), running, listener, router, stop, db).await
+    supervise(p.name(), tasks, listener, router, stop, db).await
 }
 
 fn load_config(file: Option<PathBuf>, service: &str) -> anyhow::Result<Config> {
@@ -171,13 +161,6 @@ fn watch_signals() -> anyhow::Result<CancellationToken> {
         std::process::exit(1);
     });
     Ok(stop)
-}
-
-async fn open_database(config: &Config, name: &str, service: Service) -> anyhow::Result<DatabaseConnection> {
-    let url = config.database_url(name).await?;
-    kessai_migrations::open(&url, service, config.store.max_connections)
-        .await
-        .with_context(|| format!("opening the {name} database"))
 }
 
 /// Connects the transport and declares `queue`, retrying with capped exponential
@@ -246,53 +229,11 @@ async fn bind(listen: &str) -> anyhow::Result<tokio::net::TcpListener> {
         .with_context(|| format!("listening on http.listen = {listen:?}"))
 }
 
-/// A started service's tasks.
-enum Running {
-    Coordinator(CoordinatorTasks),
-    Participant {
-        cancel: CancellationToken,
-        /// `None` once it has been joined.
-        task: Option<JoinHandle<Result<(), kessai_participants::Error>>>,
-    },
-}
-
 /// How one task ended: its name and its error, if any.
 type Ended = (String, Result<(), String>);
 
-impl Running {
-    /// The next task to end by itself; `None` once none is left.
-    async fn next_end(&mut self) -> Option<Ended> {
-        match self {
-            Running::Coordinator(tasks) => tasks
-                .join_next()
-                .await
-                .map(|(name, r)| (name.to_owned(), r.map_err(|e| e.to_string()))),
-            Running::Participant { task, .. } => {
-                let r = joined(task.as_mut()?.await);
-                *task = None;
-                Some(("participant".into(), r))
-            }
-        }
-    }
-
-    /// Stops gracefully; how every remaining task ended.
-    async fn shutdown(self) -> Vec<Ended> {
-        match self {
-            Running::Coordinator(tasks) => tasks
-                .shutdown()
-                .await
-                .into_iter()
-                .map(|(name, r)| (name.to_owned(), r.map_err(|e| e.to_string())))
-                .collect(),
-            Running::Participant { cancel, task } => {
-                cancel.cancel();
-                match task {
-                    Some(handle) => vec![("participant".into(), joined(handle.await))],
-                    None => vec![],
-                }
-            }
-        }
-    }
+fn end_of<E: std::error::Error>((name, r): TaskEnd<E>) -> Ended {
+    (name.to_owned(), r.map_err(|e| e.to_string()))
 }
 
 fn joined<E: std::fmt::Display>(r: Result<Result<(), E>, tokio::task::JoinError>) -> Result<(), String> {
@@ -304,9 +245,9 @@ fn joined<E: std::fmt::Display>(r: Result<Result<(), E>, tokio::task::JoinError>
 
 /// Serves HTTP and waits for a signal or a task's own end, then shuts down in order
 /// (HTTP first, so no new work arrives while the service drains) and reports.
-async fn supervise(
+async fn supervise<E: std::error::Error + Send + 'static>(
     service: &str,
-    mut running: Running,
+    mut running: Tasks<E>,
     listener: tokio::net::TcpListener,
     router: axum::Router,
     stop: CancellationToken,
@@ -331,7 +272,7 @@ async fn supervise(
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
-            end = running.next_end() => match end {
+            end = running.join_next() => match end.map(end_of) {
                 Some((task, Ok(()))) => {
                     tracing::info!(service, task, "task finished its work");
                     ended.push((task, Ok(())));
@@ -370,7 +311,7 @@ async fn supervise(
         };
         ended.push(("http".into(), r));
     }
-    ended.extend(running.shutdown().await);
+    ended.extend(running.shutdown().await.into_iter().map(end_of));
     if let Err(e) = db.close().await {
         tracing::warn!(service, error = %e, "closing the database pool failed");
     }

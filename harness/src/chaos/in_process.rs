@@ -1,20 +1,19 @@
-//! The in-process deployment: the coordinator and the three participants in this
-//! process (an [`EmbeddedStack`] on SQLite files), over a [`FaultyTransport`] wrapping
+//! The in-process deployment: the coordinator and every participant of the options'
+//! registry in this process (an [`EmbeddedStack`] on SQLite files), over a [`FaultyTransport`] wrapping
 //! the configured transport — the in-process one, or a real broker with
 //! `--in-process`. A "kill" aborts one service's tasks with no shutdown step (its
 //! unacknowledged deliveries go back to the queue, its in-memory state is lost) and
 //! restarts it on the same database files after a short pause.
 
 use super::{
-    Books, CLIENT_WAIT, ChaosOptions, ChaosReport, ClientOutcome, FaultReport, RESUBMISSIONS, SUBMIT_TIMEOUT,
-    Workspace, assess, broker, client_seed, quiescence_bound, quiescence_check, set_resends,
+    Books, CLIENT_WAIT, ChaosOptions, ChaosReport, ClientOutcome, FaultReport, RESUBMISSIONS, SUBMIT_TIMEOUT, Workload,
+    Workspace, assess, broker, client_seed, faults_for, quiescence_bound, quiescence_check, set_resends,
 };
 use crate::demo::TransportKind;
 use crate::invariants::Resubmission;
 use crate::stack::{DatabaseUrls, EmbeddedStack, StackConfig, service_queues};
 use anyhow::Context;
-use kessai_coordinator::{Coordinator, SystemClock};
-use kessai_participants::ReferenceParticipant;
+use kessai_coordinator::{Coordinator, GenericSaga, SagaDefinitions, SystemClock};
 use kessai_transport::{FaultyTransport, MemoryTransport, Transport};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -42,9 +41,12 @@ pub(super) async fn run(opts: ChaosOptions) -> anyhow::Result<ChaosReport> {
     };
     let mut coordinator = config.coordinator_config();
     coordinator.relay_poll = Duration::from_millis(100);
+    // Generic sagas may name this run's participants, whichever are registered.
+    coordinator.definitions = SagaDefinitions::default().with(GenericSaga::checked(opts.registry.branch_check()));
     let faulty: Faulty = FaultyTransport::new(inner.clone(), opts.fault_config())?;
     let stack_config = StackConfig {
-        urls: DatabaseUrls::sqlite(&workspace.dir),
+        registry: opts.registry.clone(),
+        urls: DatabaseUrls::sqlite(&workspace.dir, &opts.registry),
         coordinator,
         participant: config.participant_config(),
         clock: Arc::new(SystemClock),
@@ -63,7 +65,7 @@ pub(super) async fn run(opts: ChaosOptions) -> anyhow::Result<ChaosReport> {
     }
     let passed = result.as_ref().is_ok_and(|r| r.invariants_ok);
     if opts.transport != TransportKind::Memory && passed && !opts.keep {
-        for q in service_queues(&config.topology()) {
+        for q in service_queues(&config.topology(), &opts.registry) {
             if let Err(e) = inner.delete(&q).await {
                 tracing::warn!(queue = q, error = %e, "deleting a chaos queue failed");
             }
@@ -91,29 +93,18 @@ async fn drive(
     for c in 0..opts.concurrency {
         let (stack, stop, errors) = (stack.clone(), stop.clone(), submit_errors.clone());
         let (seed, fail_rate, prefix) = (client_seed(opts, c), opts.fail_rate, format!("chaos-{run_id}-{c}"));
-        clients.spawn(async move { client(stack, stop, errors, seed, fail_rate, prefix).await });
+        let workload = opts.workload.clone();
+        clients.spawn(async move { client(stack, stop, errors, workload, seed, fail_rate, prefix).await });
     }
     let kills = opts.kill_every.map(|every| {
-        let (stack, stop, seed) = (stack.clone(), stop.clone(), opts.seed);
-        tokio::spawn(async move { killer(stack, stop, every, seed).await })
+        let (stack, stop, seed, names) = (stack.clone(), stop.clone(), opts.seed, opts.registry.names());
+        tokio::spawn(async move { killer(stack, stop, every, seed, names).await })
     });
     let restarts = opts
         .broker_restart_every
         .map(|every| broker::spawn(stop.clone(), every, opts.broker_outage));
 
-    tokio::time::sleep(opts.duration).await;
-    stop.cancel();
-    // The broker is up, and every killed service back, once these tasks end. The
-    // broker first: whatever else failed, it must not be left stopped.
-    let broker_restarts = match restarts {
-        Some(r) => r.await.context("broker task")?,
-        None => Ok(0),
-    };
-    let kills_by_service = match kills {
-        Some(k) => k.await.context("fault task")??,
-        None => BTreeMap::new(),
-    };
-    let broker_restarts = broker_restarts?;
+    let (kills_by_service, broker_restarts) = faults_for(opts.duration, &stop, kills, restarts).await?;
     faulty.set_enabled(false);
     faulty.release_held().await?;
     let quiet_from = Instant::now();
@@ -132,10 +123,13 @@ async fn drive(
     let quiescence_s = quiet_from.elapsed().as_secs_f64();
     opts.note(format!("quiescent after {quiescence_s:.2} s; checking invariants"));
 
-    // Resubmitting acknowledged payments must create nothing new.
+    // Resubmitting acknowledged requests must create nothing new.
     let mut resubmissions = Vec::new();
-    for (payment, first) in samples.iter().take(RESUBMISSIONS) {
-        let again = stack.coordinator().submit_payment(payment, None).await?;
+    for (request, first) in samples.iter().take(RESUBMISSIONS) {
+        let again = stack
+            .coordinator()
+            .submit_saga(opts.workload.kind, request, None)
+            .await?;
         resubmissions.push(Resubmission {
             first: *first,
             again: again.saga_id,
@@ -143,14 +137,15 @@ async fn drive(
         });
     }
     let mut participants = Vec::new();
-    for p in ReferenceParticipant::ALL {
+    for p in opts.registry.iter() {
         let db = stack
-            .participant_db(p)
+            .participant_db(p.name())
             .with_context(|| format!("participant {} is not running", p.name()))?;
-        participants.push((p, db));
+        participants.push((p.clone(), db));
     }
     let books = Books {
         coordinator: stack.coordinator().db(),
+        registry: &opts.registry,
         participants,
     };
     let mut a = assess(
@@ -174,28 +169,29 @@ async fn drive(
     Ok(ChaosReport::new(opts, a, faults, quiescence_s, quiesced))
 }
 
-/// One client: submit (retrying the same payment after an error or a timeout, so a
+/// One client: submit (retrying the same request after an error or a timeout, so a
 /// kill never duplicates it), wait a little for the outcome, next — until stopped.
 async fn client(
     stack: Arc<RwLock<EmbeddedStack>>,
     stop: CancellationToken,
     errors: Arc<AtomicU64>,
+    workload: Workload,
     seed: u64,
     fail_rate: f64,
     prefix: String,
-) -> ClientOutcome {
+) -> ClientOutcome<serde_json::Value> {
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut out = ClientOutcome::default();
     let mut n = 0u64;
     'payments: while !stop.is_cancelled() {
-        let payment = crate::demo::random_payment(&mut rng, format!("{prefix}-{n}"), fail_rate);
+        let request = (workload.request)(&mut rng, format!("{prefix}-{n}"), fail_rate);
         n += 1;
         let (coordinator, saga_id) = loop {
             if stop.is_cancelled() {
                 break 'payments;
             }
             let coordinator: Coordinator = stack.read().await.coordinator().clone();
-            match tokio::time::timeout(SUBMIT_TIMEOUT, coordinator.submit_payment(&payment, None)).await {
+            match tokio::time::timeout(SUBMIT_TIMEOUT, coordinator.submit_saga(workload.kind, &request, None)).await {
                 Ok(Ok(s)) => break (coordinator, s.saga_id),
                 Ok(Err(_)) | Err(_) => {
                     errors.fetch_add(1, Ordering::Relaxed);
@@ -208,7 +204,7 @@ async fn client(
         };
         out.acknowledged.push(saga_id);
         if out.sample.is_none() {
-            out.sample = Some((payment, saga_id));
+            out.sample = Some((request, saga_id));
         }
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -225,6 +221,7 @@ async fn killer(
     stop: CancellationToken,
     every: Duration,
     seed: u64,
+    participants: Vec<&'static str>,
 ) -> anyhow::Result<BTreeMap<String, u64>> {
     let mut rng = SmallRng::seed_from_u64(seed ^ 0x6b69_6c6c);
     let mut kills: BTreeMap<String, u64> = BTreeMap::new();
@@ -233,7 +230,7 @@ async fn killer(
             _ = stop.cancelled() => return Ok(kills),
             _ = tokio::time::sleep(every) => {}
         }
-        let victim = rng.random_range(0..=ReferenceParticipant::ALL.len());
+        let victim = rng.random_range(0..=participants.len());
         let pause = Duration::from_millis(rng.random_range(100..=700));
         let name = match victim {
             0 => {
@@ -241,9 +238,9 @@ async fn killer(
                 "coordinator"
             }
             i => {
-                let p = ReferenceParticipant::ALL[i - 1];
+                let p = participants[i - 1];
                 stack.write().await.kill_participant(p).await;
-                p.name()
+                p
             }
         };
         *kills.entry(name.to_owned()).or_default() += 1;
@@ -256,7 +253,7 @@ async fn killer(
                 let mut s = stack.write().await;
                 match victim {
                     0 => s.restart_coordinator().await,
-                    i => s.restart_participant(ReferenceParticipant::ALL[i - 1]).await,
+                    i => s.restart_participant(participants[i - 1]).await,
                 }
             };
             match r {

@@ -7,6 +7,8 @@
 //! `rabbitmqctl` is what an operator would run; it needs to reach the broker's node
 //! (the same host, or `RABBITMQ_NODENAME` and a shared Erlang cookie).
 
+use crate::services::{BrokerLock, RABBITMQ, broker_lock, require_rabbitmq, services_required};
+
 /// Runs `rabbitmqctl` with `args`; the error carries its status and stderr.
 pub fn rabbitmqctl(args: &[&str]) -> Result<(), String> {
     let out = std::process::Command::new("rabbitmqctl")
@@ -26,7 +28,7 @@ pub fn rabbitmqctl(args: &[&str]) -> Result<(), String> {
 
 /// A RabbitMQ outage a test causes (`rabbitmqctl stop_app`), ended by [`end`] or, if
 /// the test fails first, by `Drop` — the broker is started again whatever happens.
-/// In tests, hold `testing::broker_lock("rabbit", true)` around it.
+/// In tests, hold the exclusive broker lock around it ([`rabbitmq_for_outages`]).
 ///
 /// [`end`]: RabbitOutage::end
 #[derive(Debug)]
@@ -63,4 +65,30 @@ fn start_rabbit() {
             eprintln!("{e}");
         }
     }
+}
+
+/// Whether `rabbitmqctl` can drive the broker from here. Otherwise prints a skip note
+/// and returns `false` — or panics when services are required.
+pub fn require_rabbitmqctl() -> bool {
+    match rabbitmqctl(&["status"]) {
+        Ok(()) => true,
+        Err(e) => {
+            assert!(!services_required(), "rabbitmqctl is required: {e}");
+            eprintln!("skipping: cannot drive the broker: {e}");
+            false
+        }
+    }
+}
+
+/// For a test that stops the broker: `Some(exclusive lock)` once RabbitMQ is reachable
+/// and `rabbitmqctl` can drive it, `None` to skip. Waits (off the async threads) until
+/// every other test using the broker has let go of it.
+pub async fn rabbitmq_for_outages() -> Option<BrokerLock> {
+    if !require_rabbitmq() || !require_rabbitmqctl() {
+        return None;
+    }
+    let lock = tokio::task::spawn_blocking(|| broker_lock(RABBITMQ, true))
+        .await
+        .expect("broker lock task");
+    Some(lock)
 }

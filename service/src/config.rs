@@ -3,11 +3,11 @@
 //! `KESSAI_STORE__POSTGRES_URL=...`). Credentials are `SecretString`s: they never
 //! print, not even in `Debug`.
 
-use crate::demo::{StoreKind, TransportKind};
 use anyhow::Context;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
-use kessai_coordinator::{AdmissionLimit, CoordinatorConfig, Policy};
+use kessai_coordinator::{AdmissionLimit, CoordinatorConfig, GenericSaga, Policy, SagaDefinitions};
+use kessai_participants::Registry;
 use kessai_participants::RuntimeConfig;
 use kessai_transport::{AmqpConfig, SqsConfig, Topology, Transport};
 use secrecy::{ExposeSecret, SecretString};
@@ -15,6 +15,23 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Which transport carries the messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    Memory,
+    Amqp,
+    Sqs,
+}
+
+/// Where each service keeps its database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    Sqlite,
+    Postgres,
+}
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -314,6 +331,9 @@ impl Config {
                 ),
                 n => AdmissionLimit::Fixed(n),
             },
+            // Generic sagas may name only registered participants, with payloads
+            // they accept: refused at submission, not dead-lettered later.
+            definitions: SagaDefinitions::default().with(GenericSaga::checked(Registry::reference().branch_check())),
             ..CoordinatorConfig::default()
         }
     }
@@ -325,6 +345,11 @@ impl Config {
             workers: self.participant.workers.max(1),
             ..RuntimeConfig::default()
         }
+    }
+
+    /// The PostgreSQL database of one service: `<database_prefix>_<service>`.
+    pub fn database_name(&self, service: &str) -> String {
+        kessai_participants::database_name(&self.store.database_prefix, service)
     }
 
     /// The database URL of one service (`coordinator`, `balance`, `card-issuer`,
@@ -340,7 +365,7 @@ impl Config {
             }
             StoreKind::Postgres => {
                 let server = self.store.postgres_url.expose_secret();
-                let database = format!("{}_{}", self.store.database_prefix, service.replace('-', "_"));
+                let database = self.database_name(service);
                 kessai_migrations::ensure_postgres_database(server, &database)
                     .await
                     .with_context(|| format!("creating database {database}"))?;

@@ -19,7 +19,6 @@
 //! participant as its own child process (over RabbitMQ or SQS, on PostgreSQL) and the
 //! clients talk HTTP to the coordinator.
 
-use crate::config::Config;
 use crate::demo::{RunSetup, RunStack, StoreKind, TransportKind, random_payment};
 use crate::invariants::{InvariantReport, Resubmission};
 use crate::procstat::{self, ProcessGroup};
@@ -27,6 +26,7 @@ use anyhow::{Context, bail};
 use kessai_coordinator::{Coordinator, SagaState};
 use kessai_messages::SagaId;
 use kessai_participants::ledger::FROZEN_SETTLEMENT_ACCOUNT;
+use kessai_service::config::Config;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
@@ -248,6 +248,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         data_dir: None,
         config: &opts.config,
         count_statements: true,
+        registry: kessai_participants::Registry::reference(),
     })
     .await?;
     let result = in_process(&run, &opts).await;

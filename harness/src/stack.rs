@@ -1,4 +1,5 @@
-//! The embedded stack: coordinator + balance + card-issuer + bank in one process.
+//! The embedded stack: the coordinator and every participant of a [`Registry`] in one
+//! process.
 //!
 //! Each service has its own database (one SQLite file each under the data folder, or
 //! one PostgreSQL database each) and they talk only through the transport, exactly as
@@ -9,14 +10,12 @@
 use anyhow::Context;
 use kessai_coordinator::{Clock, Coordinator, CoordinatorConfig, CoordinatorTasks};
 use kessai_migrations::Service;
-use kessai_participants::{Audit, ReferenceParticipant, RuntimeConfig};
-use kessai_transport::{Topology, Transport};
+use kessai_participants::{Audit, RegisteredParticipant, Registry, RuntimeConfig};
+use kessai_transport::{Tasks, Topology, Transport};
 use sea_orm::DatabaseConnection;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 /// Where each service's database is.
 #[derive(Clone, Debug)]
@@ -27,25 +26,33 @@ pub struct DatabaseUrls {
 
 impl DatabaseUrls {
     /// One SQLite file per service under `dir`.
-    pub fn sqlite(dir: &Path) -> Self {
-        let url = |name: &str| kessai_migrations::sqlite_url(&dir.join(format!("{name}.db")));
+    pub fn sqlite(dir: &Path, registry: &Registry) -> Self {
+        Self::each(registry, |name| {
+            kessai_migrations::sqlite_url(&dir.join(format!("{name}.db")))
+        })
+    }
+
+    /// The coordinator's and every registered participant's URL, by service name.
+    pub fn each(registry: &Registry, url: impl Fn(&str) -> String) -> Self {
         DatabaseUrls {
             coordinator: url("coordinator"),
-            participants: ReferenceParticipant::ALL
-                .iter()
-                .map(|p| (p.name(), url(p.name())))
-                .collect(),
+            participants: registry.iter().map(|p| (p.name(), url(p.name()))).collect(),
         }
     }
 
-    fn participant(&self, p: ReferenceParticipant) -> &str {
-        &self.participants[p.name()]
+    fn participant(&self, name: &str) -> anyhow::Result<&str> {
+        self.participants
+            .get(name)
+            .map(String::as_str)
+            .with_context(|| format!("no database URL for participant {name:?}"))
     }
 }
 
 /// Settings of an embedded stack.
 #[derive(Clone)]
 pub struct StackConfig {
+    /// The participants to run, each on its own database.
+    pub registry: Registry,
     pub urls: DatabaseUrls,
     pub coordinator: CoordinatorConfig,
     pub participant: RuntimeConfig,
@@ -54,6 +61,37 @@ pub struct StackConfig {
     pub max_connections: u32,
     /// When set, every service's database statements are counted here (`kessai bench`).
     pub statements: Option<Arc<StatementCounts>>,
+}
+
+impl StackConfig {
+    /// `registry`'s services on `urls`, with production coordinator and runtime
+    /// settings, the system clock, one pooled connection each and no statement counts.
+    pub fn new(registry: Registry, urls: DatabaseUrls) -> Self {
+        StackConfig {
+            registry,
+            urls,
+            coordinator: CoordinatorConfig::default(),
+            participant: RuntimeConfig::default(),
+            clock: Arc::new(kessai_coordinator::SystemClock),
+            max_connections: 1,
+            statements: None,
+        }
+    }
+
+    /// [`StackConfig::new`] for the reference participants, one SQLite file per
+    /// service under `dir`.
+    pub fn sqlite(dir: &Path) -> Self {
+        let registry = Registry::reference();
+        let urls = DatabaseUrls::sqlite(dir, &registry);
+        Self::new(registry, urls)
+    }
+
+    /// Every service on `topology`'s queue names.
+    pub fn with_topology(mut self, topology: &Topology) -> Self {
+        self.coordinator.topology = topology.clone();
+        self.participant.topology = topology.clone();
+        self
+    }
 }
 
 /// Database statements each service ran, counted through sea-orm's metric hook:
@@ -90,8 +128,7 @@ impl StatementCounts {
 
 struct ParticipantService {
     db: DatabaseConnection,
-    cancel: CancellationToken,
-    task: JoinHandle<Result<(), kessai_participants::Error>>,
+    tasks: Tasks<kessai_participants::Error>,
 }
 
 pub struct EmbeddedStack {
@@ -106,7 +143,7 @@ impl EmbeddedStack {
     /// Migrates every database, seeds the demo data where it is missing, starts all.
     pub async fn start(config: StackConfig, transport: Arc<dyn Transport>) -> anyhow::Result<Self> {
         let mut participants = BTreeMap::new();
-        for p in ReferenceParticipant::ALL {
+        for p in config.registry.iter() {
             let db = open_participant(&config, p).await?;
             p.seed_demo(&db)
                 .await
@@ -138,7 +175,7 @@ impl EmbeddedStack {
     /// Aborts the coordinator's tasks and drops its connections: no flush, no ack.
     pub async fn kill_coordinator(&mut self) {
         if let Some(t) = self.coordinator_tasks.take() {
-            t.kill();
+            t.kill().await;
         }
         let _ = self.coordinator.db().clone().close().await;
     }
@@ -153,17 +190,18 @@ impl EmbeddedStack {
     }
 
     /// Aborts a participant's tasks mid-batch and drops its connection.
-    pub async fn kill_participant(&mut self, p: ReferenceParticipant) {
-        if let Some(s) = self.participants.remove(p.name()) {
-            s.task.abort();
-            let _ = s.task.await;
+    pub async fn kill_participant(&mut self, name: &str) {
+        if let Some(s) = self.participants.remove(name) {
+            s.tasks.kill().await;
             let _ = s.db.close().await;
         }
     }
 
-    pub async fn restart_participant(&mut self, p: ReferenceParticipant) -> anyhow::Result<()> {
-        self.kill_participant(p).await;
-        let db = open_participant(&self.config, p).await?;
+    pub async fn restart_participant(&mut self, name: &str) -> anyhow::Result<()> {
+        self.kill_participant(name).await;
+        let p = self.config.registry.require(name)?.clone();
+        let db = open_participant(&self.config, &p).await?;
+        let p = &p;
         let service = spawn_participant(&self.config, &self.transport, p, db);
         self.participants.insert(p.name(), service);
         Ok(())
@@ -172,7 +210,7 @@ impl EmbeddedStack {
     /// Each participant's books, read through its own code and database.
     pub async fn audits(&self) -> anyhow::Result<Vec<Audit>> {
         let mut out = Vec::new();
-        for p in ReferenceParticipant::ALL {
+        for p in self.config.registry.iter() {
             let audit = match self.participants.get(p.name()) {
                 Some(s) => p.audit(&s.db).await?,
                 None => {
@@ -190,7 +228,7 @@ impl EmbeddedStack {
     /// Commands and replies queued or in hand, if the transport can tell.
     pub async fn queued_messages(&self) -> Option<u64> {
         let mut total = 0;
-        for q in service_queues(&self.config.coordinator.topology) {
+        for q in service_queues(&self.config.coordinator.topology, &self.config.registry) {
             total += self.transport.pending(&q).await.ok()??;
         }
         Some(total)
@@ -204,8 +242,8 @@ impl EmbeddedStack {
     }
 
     /// A participant's database, while it runs.
-    pub fn participant_db(&self, p: ReferenceParticipant) -> Option<&DatabaseConnection> {
-        self.participants.get(p.name()).map(|s| &s.db)
+    pub fn participant_db(&self, name: &str) -> Option<&DatabaseConnection> {
+        self.participants.get(name).map(|s| &s.db)
     }
 
     /// Graceful stop: participants finish their batch, the coordinator flushes its
@@ -218,12 +256,9 @@ impl EmbeddedStack {
             }
         }
         for (name, s) in std::mem::take(&mut self.participants) {
-            s.cancel.cancel();
-            let r = match s.task.await {
-                Ok(r) => r.map_err(|e| e.to_string()),
-                Err(e) => Err(format!("task panicked: {e}")),
-            };
-            ended.push((format!("participant/{name}"), r));
+            for (task, r) in s.tasks.shutdown().await {
+                ended.push((format!("participant/{name}/{task}"), r.map_err(|e| e.to_string())));
+            }
             let _ = s.db.close().await;
         }
         let _ = self.coordinator.db().clone().close().await;
@@ -231,21 +266,12 @@ impl EmbeddedStack {
     }
 }
 
-impl Drop for EmbeddedStack {
-    fn drop(&mut self) {
-        for s in self.participants.values() {
-            s.task.abort();
-        }
-    }
-}
-
-async fn open_participant(config: &StackConfig, p: ReferenceParticipant) -> anyhow::Result<DatabaseConnection> {
-    let service = match p {
-        ReferenceParticipant::Balance => Service::Balance,
-        ReferenceParticipant::CardIssuer => Service::CardIssuer,
-        ReferenceParticipant::Bank => Service::Bank,
-    };
-    let mut db = kessai_migrations::open(config.urls.participant(p), service, config.max_connections)
+async fn open_participant(
+    config: &StackConfig,
+    p: &Arc<dyn RegisteredParticipant>,
+) -> anyhow::Result<DatabaseConnection> {
+    let mut db = p
+        .open(config.urls.participant(p.name())?, config.max_connections)
         .await
         .with_context(|| format!("opening the {} database", p.name()))?;
     if let Some(counts) = &config.statements {
@@ -257,17 +283,11 @@ async fn open_participant(config: &StackConfig, p: ReferenceParticipant) -> anyh
 fn spawn_participant(
     config: &StackConfig,
     transport: &Arc<dyn Transport>,
-    p: ReferenceParticipant,
+    p: &Arc<dyn RegisteredParticipant>,
     db: DatabaseConnection,
 ) -> ParticipantService {
-    let cancel = CancellationToken::new();
-    let task = tokio::spawn(p.run(
-        db.clone(),
-        transport.clone(),
-        config.participant.clone(),
-        cancel.clone(),
-    ));
-    ParticipantService { db, cancel, task }
+    let tasks = p.start(db.clone(), transport.clone(), config.participant.clone());
+    ParticipantService { db, tasks }
 }
 
 async fn start_coordinator(
@@ -283,10 +303,31 @@ async fn start_coordinator(
     Ok(Coordinator::start(db, transport.clone(), config.coordinator.clone(), config.clock.clone()).await?)
 }
 
-/// The reference deployment's queues: each participant's commands and the
+/// Opens (and migrates) one service's database by service name: the coordinator's,
+/// or a registered participant's.
+pub async fn open_service_db(
+    registry: &Registry,
+    service: &str,
+    url: &str,
+    max_connections: u32,
+) -> anyhow::Result<DatabaseConnection> {
+    let db = if service == "coordinator" {
+        kessai_migrations::open_migrated::<kessai_migrations::CoordinatorMigrator>(url, max_connections).await
+    } else {
+        registry.require(service)?.open(url, max_connections).await
+    };
+    db.with_context(|| format!("opening the {service} database"))
+}
+
+/// The coordinator and every registered participant: the services of a deployment.
+pub fn service_names(registry: &Registry) -> Vec<&'static str> {
+    std::iter::once("coordinator").chain(registry.names()).collect()
+}
+
+/// A deployment's queues: each registered participant's commands and the
 /// coordinator's replies (each with its dead-letter queue, not listed).
-pub fn service_queues(topology: &Topology) -> Vec<String> {
-    ReferenceParticipant::ALL
+pub fn service_queues(topology: &Topology, registry: &Registry) -> Vec<String> {
+    registry
         .iter()
         .map(|p| topology.command_queue(p.name()))
         .chain([topology.reply_queue()])

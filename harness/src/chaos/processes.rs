@@ -21,17 +21,17 @@
 
 use super::{
     Books, CLIENT_WAIT, ChaosOptions, ChaosReport, ClientOutcome, FaultReport, RESUBMISSIONS, SUBMIT_TIMEOUT,
-    Workspace, assess, broker, client_seed, quiescence_bound, quiescence_check, set_resends,
+    Workspace, assess, broker, client_seed, faults_for, quiescence_bound, quiescence_check, set_resends,
 };
-use crate::config::Config;
 use crate::demo::{StoreKind, TransportKind};
-use crate::fault_control::FaultStatus;
 use crate::invariants::{Check, Resubmission};
+use crate::stack::open_service_db;
 use crate::stack::service_queues;
 use anyhow::{Context, bail};
 use kessai_messages::{Payment, SagaId};
-use kessai_migrations::Service;
-use kessai_participants::ReferenceParticipant;
+use kessai_participants::Registry;
+use kessai_service::config::Config;
+use kessai_service::fault_control::FaultStatus;
 use kessai_transport::{FaultCounters, Transport};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -57,7 +57,7 @@ const RUST_LOG: &str = "info,sqlx=warn,sea_orm=warn,sea_orm_migration=warn,lapin
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Role {
     Coordinator,
-    Participant(ReferenceParticipant),
+    Participant(&'static str),
 }
 
 /// One service of the deployment, across its incarnations.
@@ -108,7 +108,7 @@ impl Fleet {
         }
         match slot.role {
             Role::Coordinator => cmd.arg("coordinator"),
-            Role::Participant(p) => cmd.args(["participant", p.name()]),
+            Role::Participant(p) => cmd.args(["participant", p]),
         };
         cmd.arg("--config")
             .arg(&self.config_file)
@@ -173,15 +173,17 @@ pub(super) async fn run(opts: ChaosOptions) -> anyhow::Result<ChaosReport> {
     )?;
     let transport = config.transport().await.context("connecting to the broker")?;
     let server = config.store.postgres_url.expose_secret().to_owned();
-    let database = |service: &str| format!("{}_{}", config.store.database_prefix, service.replace('-', "_"));
+    let registry = Registry::reference();
+    let database = |service: &str| config.database_name(service);
 
     let mut slots = Vec::new();
     let roles = (1..=opts.coordinators)
         .map(|n| (format!("coordinator-{n}"), Role::Coordinator))
         .chain(
-            ReferenceParticipant::ALL
+            registry
+                .names()
                 .into_iter()
-                .map(|p| (p.name().to_owned(), Role::Participant(p))),
+                .map(|p| (p.to_owned(), Role::Participant(p))),
         );
     for (name, role) in roles {
         slots.push(Slot {
@@ -208,7 +210,7 @@ pub(super) async fn run(opts: ChaosOptions) -> anyhow::Result<ChaosReport> {
         dir.display()
     ));
 
-    let queues = service_queues(&config.topology());
+    let queues = service_queues(&config.topology(), &registry);
     let result = drive(
         &fleet,
         &opts,
@@ -310,6 +312,8 @@ async fn drive(
     server: &str,
     database: &dyn Fn(&str) -> String,
 ) -> anyhow::Result<ChaosReport> {
+    // The `kessai participant` services: the reference participants.
+    let registry = &Registry::reference();
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(2))
         .build()?;
@@ -323,13 +327,13 @@ async fn drive(
     for i in 0..n {
         wait_ready(fleet, &http, i, Ready::Healthy).await?;
     }
-    let coordinator_db = kessai_migrations::open(
+    let coordinator_db = open_service_db(
+        registry,
+        "coordinator",
         &kessai_migrations::postgres_database_url(server, &database("coordinator")),
-        Service::Coordinator,
         4,
     )
-    .await
-    .context("opening the coordinators' database")?;
+    .await?;
     let ports: Arc<Vec<u16>> = Arc::new({
         let f = fleet.lock().await;
         f.slots
@@ -369,18 +373,7 @@ async fn drive(
         tokio::spawn(async move { watcher(fleet, stop).await })
     };
 
-    tokio::time::sleep(opts.duration).await;
-    stop.cancel();
-    // The broker first: whatever else failed, it must not be left stopped.
-    let broker_restarts = match restarts {
-        Some(r) => r.await.context("broker task")?,
-        None => Ok(0),
-    };
-    let kills_by_service = match killer {
-        Some(k) => k.await.context("killer task")??,
-        None => BTreeMap::new(),
-    };
-    let broker_restarts = broker_restarts?;
+    let (kills_by_service, broker_restarts) = faults_for(opts.duration, &stop, killer, restarts).await?;
     // Faults off everywhere; a child restarted from now on starts without them.
     fleet.lock().await.faults_on = false;
     for i in 0..n {
@@ -443,20 +436,15 @@ async fn drive(
     let stops = stop_gracefully(fleet).await;
 
     let mut participant_dbs = Vec::new();
-    for (p, service) in
-        ReferenceParticipant::ALL
-            .into_iter()
-            .zip([Service::Balance, Service::CardIssuer, Service::Bank])
-    {
+    for p in registry.iter() {
         let url = kessai_migrations::postgres_database_url(server, &database(p.name()));
-        let db = kessai_migrations::open(&url, service, 2)
-            .await
-            .with_context(|| format!("opening the {} database", p.name()))?;
-        participant_dbs.push((p, db));
+        let db = open_service_db(registry, p.name(), &url, 2).await?;
+        participant_dbs.push((p.clone(), db));
     }
     let books = Books {
         coordinator: &coordinator_db,
-        participants: participant_dbs.iter().map(|(p, db)| (*p, db)).collect(),
+        registry,
+        participants: participant_dbs.iter().map(|(p, db)| (p.clone(), db)).collect(),
     };
     let mut extra: Vec<Check> = quiescence_check(opts, quiesced).into_iter().collect();
     extra.push(unexpected);
@@ -602,7 +590,13 @@ impl Client {
     /// Submits back-to-back until stopped: a failed submission is retried (same
     /// payment, next coordinator) so a kill never loses or doubles it; then the
     /// client waits (bounded) for the outcome.
-    async fn run(self, index: usize, seed: u64, fail_rate: f64, prefix: String) -> anyhow::Result<ClientOutcome> {
+    async fn run(
+        self,
+        index: usize,
+        seed: u64,
+        fail_rate: f64,
+        prefix: String,
+    ) -> anyhow::Result<ClientOutcome<Payment>> {
         let mut rng = SmallRng::seed_from_u64(seed);
         let mut out = ClientOutcome::default();
         let mut turn = index;

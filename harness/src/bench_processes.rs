@@ -6,15 +6,15 @@
 //! at the end; the children's logs stay in a temporary folder only if the run fails.
 
 use crate::bench::{BenchOptions, BenchReport, FirstPayments, Probe, Sample, Target};
-use crate::config::Config;
 use crate::demo::StoreKind;
-use crate::invariants::{self, SagaOutcome};
+use crate::invariants;
 use crate::procstat::{self, ProcessGroup};
+use crate::stack::open_service_db;
 use anyhow::{Context, bail};
 use kessai_coordinator::SagaState;
 use kessai_messages::{Payment, SagaId};
-use kessai_migrations::Service;
-use kessai_participants::ReferenceParticipant;
+use kessai_participants::Registry;
+use kessai_service::config::Config;
 use reqwest::StatusCode;
 use sea_orm::DatabaseConnection;
 use secrecy::ExposeSecret;
@@ -49,9 +49,8 @@ pub(crate) async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     crate::chaos::processes::write_private(&config_file, &toml::to_string(&config)?)?;
     let transport = config.transport().await.context("connecting to the broker")?;
     let server = config.store.postgres_url.expose_secret().to_owned();
-    let services: Vec<&'static str> = std::iter::once("coordinator")
-        .chain(ReferenceParticipant::ALL.iter().map(|p| p.name()))
-        .collect();
+    let registry = Registry::reference();
+    let services = crate::stack::service_names(&registry);
 
     let mut children = Vec::new();
     let started = start_all(&services, &config_file, dir.path(), &mut children).await;
@@ -64,12 +63,12 @@ pub(crate) async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     }
     let passed = result.as_ref().is_ok_and(|r| r.invariants_ok);
     for service in &services {
-        let db = database_name(&config, service);
+        let db = config.database_name(service);
         if let Err(e) = kessai_migrations::drop_postgres_database(&server, &db).await {
             tracing::warn!(database = db, error = %e, "dropping a bench database failed");
         }
     }
-    for q in crate::stack::service_queues(&config.topology()) {
+    for q in crate::stack::service_queues(&config.topology(), &registry) {
         if let Err(e) = transport.delete(&q).await {
             tracing::warn!(queue = q, error = %e, "deleting a bench queue failed");
         }
@@ -83,10 +82,6 @@ pub(crate) async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
 /// The children's shared config: the user's broker and server, this run's names.
 fn child_config(base: &Config, opts: &BenchOptions, run_id: &str) -> Config {
     crate::chaos::processes::deployment_config(base, "bench", opts.transport, run_id)
-}
-
-fn database_name(config: &Config, service: &str) -> String {
-    format!("{}_{}", config.store.database_prefix, service.replace('-', "_"))
 }
 
 async fn start_all(
@@ -263,16 +258,11 @@ async fn measure(
     children: &[ChildService],
 ) -> anyhow::Result<BenchReport> {
     let server = config.store.postgres_url.expose_secret().to_owned();
+    let registry = Registry::reference();
     let mut databases = Vec::new();
     for c in children {
-        let service = match c.name {
-            "coordinator" => Service::Coordinator,
-            "balance" => Service::Balance,
-            "card-issuer" => Service::CardIssuer,
-            _ => Service::Bank,
-        };
-        let url = kessai_migrations::postgres_database_url(&server, &database_name(config, c.name));
-        databases.push((c.name, kessai_migrations::open(&url, service, 2).await?));
+        let url = kessai_migrations::postgres_database_url(&server, &config.database_name(c.name));
+        databases.push((c.name, open_service_db(&registry, c.name, &url, 2).await?));
     }
     let mut groups: Vec<ProcessGroup> = children
         .iter()
@@ -308,7 +298,7 @@ async fn measure(
         .context("db")?
         .1;
     let transport = config.transport().await?;
-    let queues = crate::stack::service_queues(&config.topology());
+    let queues = crate::stack::service_queues(&config.topology(), &registry);
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         let outbox = kessai_coordinator::store::outbox_len(coordinator_db).await.unwrap_or(1);
@@ -321,13 +311,9 @@ async fn measure(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let outcomes: Vec<SagaOutcome> = kessai_coordinator::store::outcomes(coordinator_db)
-        .await?
-        .into_iter()
-        .map(|(id, state, request)| SagaOutcome::from_row(id, state, &request))
-        .collect();
+    let outcomes = invariants::read_outcomes(coordinator_db, &registry).await?;
     let mut audits = Vec::new();
-    for p in ReferenceParticipant::ALL {
+    for p in registry.iter() {
         let db = &probe.databases.iter().find(|(n, _)| *n == p.name()).context("db")?.1;
         audits.push(p.audit(db).await?);
     }

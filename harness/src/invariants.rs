@@ -1,26 +1,83 @@
-//! SPEC §4, checked the way an auditor would: the coordinator's saga outcomes against
+//! The invariants of docs/GUARANTEES.md, checked the way an auditor would: the coordinator's saga outcomes against
 //! each participant's own books (read through the participant's own code).
 
 use kessai_coordinator::SagaState;
-use kessai_messages::{Payment, SagaId};
-use kessai_participants::{Audit, Effect};
+use kessai_coordinator::store::{self, entities::branch};
+use kessai_messages::{BranchId, SagaId};
+use kessai_participants::{Audit, BranchRef, Effect, Registry};
+use sea_orm::{ConnectionTrait, EntityTrait, QuerySelect};
 use serde::Serialize;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
-/// One saga as the coordinator recorded it.
+/// One saga as the coordinator recorded it, with what each branch must have moved at
+/// its participant if the saga confirmed.
 #[derive(Clone, Debug)]
 pub struct SagaOutcome {
     pub id: SagaId,
     pub state: SagaState,
-    /// For payments: the amount every participant must have moved if it confirmed.
-    pub amount: Option<i64>,
+    pub branches: Vec<ExpectedBranch>,
+}
+
+/// A branch and the amount its participant says its payload moves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExpectedBranch {
+    pub participant: String,
+    pub branch: BranchId,
+    pub amount: i64,
 }
 
 impl SagaOutcome {
-    pub fn from_row(id: SagaId, state: SagaState, request: &str) -> Self {
-        let amount = serde_json::from_str::<Payment>(request).ok().map(|p| p.amount);
-        SagaOutcome { id, state, amount }
+    /// A payment-shaped outcome: branch 0 at each of `participants`, each moving
+    /// `amount` (for hand-built cases in tests).
+    pub fn uniform(id: SagaId, state: SagaState, amount: i64, participants: &[&str]) -> Self {
+        let branches = participants
+            .iter()
+            .map(|p| ExpectedBranch {
+                participant: (*p).to_owned(),
+                branch: BranchId(0),
+                amount,
+            })
+            .collect();
+        SagaOutcome { id, state, branches }
     }
+}
+
+/// Every saga in the coordinator's database, of every kind, with its branches read
+/// the same way: the registry's participant decodes each branch payload and says what
+/// it moves. A branch its participant cannot read is an error, not a skipped saga.
+pub async fn read_outcomes<C: ConnectionTrait>(db: &C, registry: &Registry) -> anyhow::Result<Vec<SagaOutcome>> {
+    let rows: Vec<(String, i32, String, String)> = branch::Entity::find()
+        .select_only()
+        .column(branch::Column::SagaId)
+        .column(branch::Column::BranchId)
+        .column(branch::Column::Participant)
+        .column(branch::Column::Payload)
+        .into_tuple()
+        .all(db)
+        .await?;
+    let mut branches: HashMap<String, Vec<ExpectedBranch>> = HashMap::new();
+    for (saga, id, participant, payload) in rows {
+        let p = registry.require(&participant)?;
+        let payload: serde_json::Value = serde_json::from_str(&payload)?;
+        let amount = p
+            .amount_of(&payload)
+            .map_err(|e| anyhow::anyhow!("saga {saga} branch {id} at {participant}: {e}"))?;
+        let branch = BranchId(u32::try_from(id).map_err(|_| anyhow::anyhow!("saga {saga}: branch id {id}"))?);
+        branches.entry(saga).or_default().push(ExpectedBranch {
+            participant,
+            branch,
+            amount,
+        });
+    }
+    Ok(store::outcomes(db)
+        .await?
+        .into_iter()
+        .map(|(id, state, _request)| SagaOutcome {
+            id,
+            state,
+            branches: branches.remove(&id.to_string()).unwrap_or_default(),
+        })
+        .collect())
 }
 
 /// A resubmission of an acknowledged payment and what it returned.
@@ -94,21 +151,30 @@ pub fn check_all(
     acknowledged: &[SagaId],
     resubmissions: &[Resubmission],
 ) -> InvariantReport {
-    let confirmed_total: i64 = outcomes
-        .iter()
-        .filter(|o| o.state == SagaState::Confirmed)
-        .filter_map(|o| o.amount)
-        .sum();
+    // What confirmed sagas must have moved, by participant.
+    let mut confirmed_by_participant: HashMap<&str, i64> = HashMap::new();
+    for o in outcomes.iter().filter(|o| o.state == SagaState::Confirmed) {
+        for b in &o.branches {
+            *confirmed_by_participant.entry(b.participant.as_str()).or_default() += b.amount;
+        }
+    }
+    let books: HashMap<&str, &Audit> = audits.iter().map(|a| (a.participant, a)).collect();
 
-    // 1. Atomicity.
+    // 1. Atomicity, branch by branch at the participant that owns it (a participant
+    //    whose books were not supplied is not checked).
     let mut offending = Vec::new();
     for o in outcomes.iter().filter(|o| o.state.is_terminal()) {
-        let Some(amount) = o.amount else { continue };
-        let atomic = audits.iter().all(|a| match (o.state, a.effects.get(&o.id)) {
-            (SagaState::Confirmed, Some(Effect::Committed(x))) => *x == amount,
-            (SagaState::Confirmed, _) => false,
-            (_, None | Some(Effect::Released(_))) => true,
-            (_, Some(_)) => false,
+        let atomic = o.branches.iter().all(|b| {
+            let Some(audit) = books.get(b.participant.as_str()) else {
+                return true;
+            };
+            let effect = audit.branch_effects.get(&BranchRef::new(o.id, b.branch));
+            match (o.state, effect) {
+                (SagaState::Confirmed, Some(Effect::Committed(x))) => *x == b.amount,
+                (SagaState::Confirmed, _) => false,
+                (_, None | Some(Effect::Released(_))) => true,
+                (_, Some(_)) => false,
+            }
         });
         if !atomic {
             offending.push(o.id);
@@ -124,26 +190,34 @@ pub fn check_all(
     // 2. Conservation.
     let mut problems = Vec::new();
     for a in audits {
-        if a.moved != confirmed_total {
+        let expected = confirmed_by_participant.get(a.participant).copied().unwrap_or(0);
+        if a.moved != expected {
             problems.push(format!(
-                "{}: accounts moved {} but confirmed sagas total {}",
-                a.participant, a.moved, confirmed_total
+                "{}: accounts moved {} but its confirmed branches total {}",
+                a.participant, a.moved, expected
             ));
         }
-        if a.committed_by_holds() != confirmed_total {
+        if a.committed_by_holds() != expected {
             problems.push(format!(
-                "{}: committed holds total {} but confirmed sagas total {}",
+                "{}: committed holds total {} but its confirmed branches total {}",
                 a.participant,
                 a.committed_by_holds(),
-                confirmed_total
+                expected
             ));
         }
     }
+    let moved: Vec<String> = audits
+        .iter()
+        .map(|a| format!("{} {}", a.participant, a.moved))
+        .collect();
     let conservation = check(
         "conservation",
         vec![],
         problems,
-        format!("each participant moved exactly {confirmed_total}, the confirmed total, once"),
+        format!(
+            "each participant moved exactly its confirmed branches' amounts, once ({})",
+            moved.join(", ")
+        ),
     );
 
     // 3. No leaked reservations.
@@ -222,6 +296,9 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    /// The hand-built audits below all name branch 0.
+    const PAYMENT: &[&str] = &["balance", "card-issuer", "bank"];
+
     fn audit(name: &'static str, effects: Vec<(SagaId, Effect)>, moved: i64, reserved: i64) -> Audit {
         Audit {
             participant: name,
@@ -245,16 +322,8 @@ mod tests {
     fn detects_each_violation() {
         let (a, b) = (SagaId::new(), SagaId::new());
         let outcomes = vec![
-            SagaOutcome {
-                id: a,
-                state: SagaState::Confirmed,
-                amount: Some(10),
-            },
-            SagaOutcome {
-                id: b,
-                state: SagaState::Cancelled,
-                amount: Some(5),
-            },
+            SagaOutcome::uniform(a, SagaState::Confirmed, 10, PAYMENT),
+            SagaOutcome::uniform(b, SagaState::Cancelled, 5, PAYMENT),
         ];
         let good = audit(
             "balance",
@@ -286,11 +355,7 @@ mod tests {
         );
         let c = SagaId::new();
         let mut outcomes2 = outcomes.clone();
-        outcomes2.push(SagaOutcome {
-            id: c,
-            state: SagaState::Trying,
-            amount: Some(1),
-        });
+        outcomes2.push(SagaOutcome::uniform(c, SagaState::Trying, 1, PAYMENT));
         let resub = Resubmission {
             first: a,
             again: SagaId::new(),
