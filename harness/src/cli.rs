@@ -26,10 +26,17 @@ pub struct DemoArgs {
     /// Folder for the SQLite files (one per service); default: a fresh temporary folder.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// The flags `demo` and `bench` share.
+#[derive(Debug, Args)]
+pub struct RunArgs {
     /// Seed of the generated workload.
     #[arg(long, default_value = "42")]
     pub seed: u64,
-    /// Print one JSON object instead of the summary.
+    /// Print one JSON object instead of the report.
     #[arg(long)]
     pub json: bool,
     /// TOML config for broker and database settings (then `KESSAI_*` env vars).
@@ -64,15 +71,8 @@ pub struct BenchArgs {
     /// over --transport amqp or sqs, driven over HTTP.
     #[arg(long)]
     pub processes: bool,
-    /// Seed of the generated workload.
-    #[arg(long, default_value = "42")]
-    pub seed: u64,
-    /// Print one JSON object instead of the report.
-    #[arg(long)]
-    pub json: bool,
-    /// TOML config for broker and database settings (then `KESSAI_*` env vars).
-    #[arg(long)]
-    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 fn parse_bench_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -125,7 +125,7 @@ fn parse_rate(s: &str) -> Result<f64, String> {
 }
 
 pub async fn run_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    let json = args.json;
+    let json = args.run.json;
     if args.processes && args.transport == TransportKind::Memory {
         anyhow::bail!("--processes needs a broker between the processes: --transport amqp or sqs");
     }
@@ -145,9 +145,9 @@ pub async fn run_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         warmup: args.warmup,
         fail_rate: args.fail_rate,
         processes: args.processes,
-        seed: args.seed,
+        seed: args.run.seed,
         progress: !json && std::io::stderr().is_terminal(),
-        config: kessai_service::config::Config::load(args.config.as_deref())?,
+        config: kessai_service::config::Config::load(args.run.config.as_deref())?,
     })
     .await?;
     if json {
@@ -163,7 +163,7 @@ pub async fn run_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn run_demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
-    let json = args.json;
+    let json = args.run.json;
     let summary = demo::run(DemoOptions {
         payments: args.payments,
         fail_rate: args.fail_rate,
@@ -171,9 +171,9 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         transport: args.transport,
         store: args.store,
         data_dir: args.data_dir,
-        seed: args.seed,
+        seed: args.run.seed,
         progress: std::io::stderr().is_terminal(),
-        config: kessai_service::config::Config::load(args.config.as_deref())?,
+        config: kessai_service::config::Config::load(args.run.config.as_deref())?,
     })
     .await?;
     if json {

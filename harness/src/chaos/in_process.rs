@@ -7,7 +7,7 @@
 
 use super::{
     Books, CLIENT_WAIT, ChaosOptions, ChaosReport, ClientOutcome, FaultReport, RESUBMISSIONS, SUBMIT_TIMEOUT, Workload,
-    Workspace, assess, broker, client_seed, faults_for, quiescence_bound, quiescence_check, set_resends,
+    Workspace, assess, broker, client_seed, clients_start, faults_for, quiescence_bound, quiescence_check, set_resends,
 };
 use crate::demo::TransportKind;
 use crate::invariants::Resubmission;
@@ -83,12 +83,7 @@ async fn drive(
     opts: &ChaosOptions,
     run_id: &str,
 ) -> anyhow::Result<ChaosReport> {
-    let stop = CancellationToken::new();
-    let submit_errors = Arc::new(AtomicU64::new(0));
-    opts.note(format!(
-        "{} clients submitting for {:?}; faults on",
-        opts.concurrency, opts.duration
-    ));
+    let (stop, submit_errors) = clients_start(opts);
     let mut clients = tokio::task::JoinSet::new();
     for c in 0..opts.concurrency {
         let (stack, stop, errors) = (stack.clone(), stop.clone(), submit_errors.clone());

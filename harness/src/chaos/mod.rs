@@ -525,6 +525,16 @@ pub async fn run(opts: ChaosOptions) -> anyhow::Result<ChaosReport> {
     }
 }
 
+/// What the clients share: the token that stops them and their count of failed
+/// submissions (announced, when progress is on).
+fn clients_start(opts: &ChaosOptions) -> (tokio_util::sync::CancellationToken, Arc<std::sync::atomic::AtomicU64>) {
+    opts.note(format!(
+        "{} clients submitting for {:?}; faults on",
+        opts.concurrency, opts.duration
+    ));
+    (Default::default(), Default::default())
+}
+
 /// A fault task: process kills (by service) or broker restarts (a count).
 type FaultTask<T> = Option<tokio::task::JoinHandle<anyhow::Result<T>>>;
 

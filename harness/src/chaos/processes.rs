@@ -21,7 +21,7 @@
 
 use super::{
     Books, CLIENT_WAIT, ChaosOptions, ChaosReport, ClientOutcome, FaultReport, RESUBMISSIONS, SUBMIT_TIMEOUT,
-    Workspace, assess, broker, client_seed, faults_for, quiescence_bound, quiescence_check, set_resends,
+    Workspace, assess, broker, client_seed, clients_start, faults_for, quiescence_bound, quiescence_check, set_resends,
 };
 use crate::demo::{StoreKind, TransportKind};
 use crate::invariants::{Check, Resubmission};
@@ -343,12 +343,7 @@ async fn drive(
             .collect()
     });
 
-    let stop = CancellationToken::new();
-    let submit_errors = Arc::new(AtomicU64::new(0));
-    opts.note(format!(
-        "{} clients submitting for {:?}; faults on",
-        opts.concurrency, opts.duration
-    ));
+    let (stop, submit_errors) = clients_start(opts);
     let mut clients = tokio::task::JoinSet::new();
     for c in 0..opts.concurrency {
         let client = Client {
