@@ -9,7 +9,11 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use kessai_coordinator::{AdmissionLimit, CoordinatorConfig, GenericSaga, Policy, SagaDefinitions};
 use kessai_participants::Registry;
 use kessai_participants::RuntimeConfig;
-use kessai_transport::{AmqpConfig, SqsConfig, Topology, Transport};
+#[cfg(feature = "amqp")]
+use kessai_transport::AmqpConfig;
+#[cfg(feature = "sqs")]
+use kessai_transport::SqsConfig;
+use kessai_transport::{Topology, Transport};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -380,6 +384,7 @@ impl Config {
         let t = &self.transport;
         Ok(match t.kind {
             TransportKind::Memory => Arc::new(kessai_transport::MemoryTransport::new()),
+            #[cfg(feature = "amqp")]
             TransportKind::Amqp => {
                 let mut c = AmqpConfig::new(t.amqp_url.expose_secret());
                 c.prefetch = t.amqp_prefetch;
@@ -389,6 +394,7 @@ impl Config {
                         .context("connecting to RabbitMQ")?,
                 )
             }
+            #[cfg(feature = "sqs")]
             TransportKind::Sqs => {
                 let c = SqsConfig {
                     endpoint_url: t.sqs_endpoint_url.clone(),
@@ -405,6 +411,11 @@ impl Config {
                         .context("connecting to SQS")?,
                 )
             }
+            #[allow(unreachable_patterns)]
+            kind => anyhow::bail!(
+                "transport.kind = {kind:?}: this kessai was built without that broker's cargo feature \
+                 (build with --features amqp / sqs)"
+            ),
         })
     }
 }

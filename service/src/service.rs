@@ -26,7 +26,7 @@ use crate::health::{self, Health};
 use anyhow::Context;
 use clap::Args;
 use clap::builder::PossibleValuesParser;
-use kessai_coordinator::{Coordinator, SystemClock};
+use kessai_coordinator::{Coordinator, CoordinatorConfig, GenericSaga, SagaDefinitions, SystemClock};
 use kessai_migrations::CoordinatorMigrator;
 use kessai_participants::Registry;
 use kessai_transport::{TaskEnd, Tasks, Transport};
@@ -68,6 +68,13 @@ fn participant_name() -> PossibleValuesParser {
 
 /// `kessai coordinator`.
 pub async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
+    run_coordinator_in(&Registry::reference(), args).await
+}
+
+/// `kessai coordinator` for a deployment whose participants are `registry` (a binary
+/// of its own that registers more than the reference three): generic sagas may name
+/// any of them.
+pub async fn run_coordinator_in(registry: &Registry, args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(args.config, "coordinator")?;
     let stop = watch_signals()?;
     let url = config.database_url("coordinator").await?;
@@ -83,7 +90,10 @@ pub async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> 
     let (coordinator, tasks) = Coordinator::start(
         db.clone(),
         transport.clone(),
-        config.coordinator_config(),
+        CoordinatorConfig {
+            definitions: SagaDefinitions::default().with(GenericSaga::checked(registry.branch_check())),
+            ..config.coordinator_config()
+        },
         Arc::new(SystemClock),
     )
     .await
@@ -96,7 +106,13 @@ pub async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> 
 
 /// `kessai participant <name>`.
 pub async fn run_participant(args: ParticipantArgs) -> anyhow::Result<ExitCode> {
-    let p = Registry::reference().require(&args.name)?.clone();
+    run_participant_in(&Registry::reference(), args).await
+}
+
+/// `kessai participant <name>` for a participant of `registry` (a deployment's own
+/// binary with participants of its own).
+pub async fn run_participant_in(registry: &Registry, args: ParticipantArgs) -> anyhow::Result<ExitCode> {
+    let p = registry.require(&args.name)?.clone();
     let config = load_config(args.config, p.name())?;
     let stop = watch_signals()?;
     let url = config.database_url(p.name()).await?;
