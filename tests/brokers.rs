@@ -239,16 +239,7 @@ fn consume_options() -> ConsumeOptions {
 /// Collects `n` deliveries from `queue` within `within` (fewer if they do not come).
 async fn receive(transport: &Arc<dyn Transport>, queue: &str, n: usize, within: Duration) -> Vec<Delivery> {
     let mut consumer: Box<dyn Consumer> = transport.consume(queue, consume_options()).await.expect("consume");
-    let deadline = Instant::now() + within;
-    let mut out = Vec::new();
-    while out.len() < n && Instant::now() < deadline {
-        match consumer.next_batch(n - out.len()).await {
-            Ok(batch) => out.extend(batch),
-            Err(e) if e.is_retryable() => eprintln!("next_batch on {queue}: {e} (retrying)"),
-            Err(e) => panic!("consuming {queue} failed permanently: {e}"),
-        }
-    }
-    out
+    testing::receive(&mut consumer, n, within).await
 }
 
 /// Reads `expected.len()` messages from `<queue>-dlq`, acks them, and checks each

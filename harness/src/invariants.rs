@@ -26,22 +26,6 @@ pub struct ExpectedBranch {
     pub amount: i64,
 }
 
-impl SagaOutcome {
-    /// A payment-shaped outcome: branch 0 at each of `participants`, each moving
-    /// `amount` (for hand-built cases in tests).
-    pub fn uniform(id: SagaId, state: SagaState, amount: i64, participants: &[&str]) -> Self {
-        let branches = participants
-            .iter()
-            .map(|p| ExpectedBranch {
-                participant: (*p).to_owned(),
-                branch: BranchId(0),
-                amount,
-            })
-            .collect();
-        SagaOutcome { id, state, branches }
-    }
-}
-
 /// Every saga in the coordinator's database, of every kind, with its branches read
 /// the same way: the registry's participant decodes each branch payload and says what
 /// it moves. A branch its participant cannot read is an error, not a skipped saga.
@@ -72,7 +56,7 @@ pub async fn read_outcomes<C: ConnectionTrait>(db: &C, registry: &Registry) -> a
     Ok(store::outcomes(db)
         .await?
         .into_iter()
-        .map(|(id, state, _request)| SagaOutcome {
+        .map(|(id, state)| SagaOutcome {
             id,
             state,
             branches: branches.remove(&id.to_string()).unwrap_or_default(),
@@ -298,6 +282,21 @@ mod tests {
 
     /// The hand-built audits below all name branch 0.
     const PAYMENT: &[&str] = &["balance", "card-issuer", "bank"];
+
+    impl SagaOutcome {
+        /// Branch 0 at each of `participants`, each moving `amount`.
+        fn uniform(id: SagaId, state: SagaState, amount: i64, participants: &[&str]) -> Self {
+            let branches = participants
+                .iter()
+                .map(|p| ExpectedBranch {
+                    participant: (*p).to_owned(),
+                    branch: BranchId(0),
+                    amount,
+                })
+                .collect();
+            SagaOutcome { id, state, branches }
+        }
+    }
 
     fn audit(name: &'static str, effects: Vec<(SagaId, Effect)>, moved: i64, reserved: i64) -> Audit {
         Audit {

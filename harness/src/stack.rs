@@ -201,8 +201,7 @@ impl EmbeddedStack {
         self.kill_participant(name).await;
         let p = self.config.registry.require(name)?.clone();
         let db = open_participant(&self.config, &p).await?;
-        let p = &p;
-        let service = spawn_participant(&self.config, &self.transport, p, db);
+        let service = spawn_participant(&self.config, &self.transport, &p, db);
         self.participants.insert(p.name(), service);
         Ok(())
     }

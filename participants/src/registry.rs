@@ -149,14 +149,6 @@ impl Registry {
     pub fn names(&self) -> Vec<&'static str> {
         self.participants.iter().map(|p| p.name()).collect()
     }
-
-    pub fn len(&self) -> usize {
-        self.participants.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.participants.is_empty()
-    }
 }
 
 impl fmt::Debug for Registry {

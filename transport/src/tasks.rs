@@ -86,10 +86,6 @@ impl<E: std::error::Error + Send + 'static> Tasks<E> {
         self.set.abort_all();
         while self.set.join_next().await.is_some() {}
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.set.is_empty()
-    }
 }
 
 #[cfg(test)]

@@ -831,22 +831,20 @@ pub async fn counts<C: ConnectionTrait>(db: &C) -> Result<(BTreeMap<SagaState, u
     Ok((by_state, stuck))
 }
 
-/// Every saga's outcome and amount-bearing request, for invariant checks.
-pub async fn outcomes<C: ConnectionTrait>(db: &C) -> Result<Vec<(SagaId, SagaState, String)>, Error> {
-    let rows: Vec<(String, String, String)> = saga::Entity::find()
+/// Every saga's id and state, for the invariant checks (which read the branches).
+pub async fn outcomes<C: ConnectionTrait>(db: &C) -> Result<Vec<(SagaId, SagaState)>, Error> {
+    let rows: Vec<(String, String)> = saga::Entity::find()
         .select_only()
         .column(saga::Column::Id)
         .column(saga::Column::State)
-        .column(saga::Column::Request)
         .into_tuple()
         .all(db)
         .await?;
     rows.into_iter()
-        .map(|(id, state, request)| {
+        .map(|(id, state)| {
             Ok((
                 SagaId::from_str(&id).map_err(|e| Error::Corrupt(e.to_string()))?,
                 SagaState::parse(&state).ok_or_else(|| Error::Corrupt(format!("saga state {state:?}")))?,
-                request,
             ))
         })
         .collect()

@@ -287,9 +287,11 @@ pub struct ChaosOptions {
 #[derive(Clone)]
 pub struct Workload {
     pub kind: &'static str,
-    #[allow(clippy::type_complexity)]
-    pub request: Arc<dyn Fn(&mut SmallRng, String, f64) -> serde_json::Value + Send + Sync>,
+    pub request: MakeRequest,
 }
+
+/// Makes one request from a client's random source, a unique id and the fail rate.
+pub type MakeRequest = Arc<dyn Fn(&mut SmallRng, String, f64) -> serde_json::Value + Send + Sync>;
 
 impl Workload {
     /// Payments across balance, card-issuer and bank; a `fail_rate` share draws on the
