@@ -10,7 +10,8 @@
 //! - [`participants`]: the barrier table every participant has, and the ledgers of the
 //!   reference participants (balance, card-issuer, bank).
 //! - [`connect`]: opens a service's database with the settings kessai relies on
-//!   (SQLite: WAL, `synchronous=FULL`, one writer connection) and migrates it.
+//!   (SQLite: WAL, `synchronous=FULL`, one writer connection; timeouts on everything,
+//!   see [`DbTimeouts`]) and migrates it.
 
 pub mod coordinator;
 pub mod participants;
@@ -35,23 +36,113 @@ pub enum Service {
     Bank,
 }
 
-/// Opens `url` (`sqlite://path?mode=rwc` or `postgres://...`).
+/// How long connecting to PostgreSQL, or waiting for a pooled connection, may take
+/// before the call fails. A healthy server connects in milliseconds; the pool waits
+/// only while every connection is busy, which past this long means the database (or
+/// a leak) is stuck, not that it is busy. The error is retryable, and the HTTP API
+/// answers 503 instead of holding the request.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Longest any one PostgreSQL statement may run (`statement_timeout`, set for every
+/// session). kessai's statements touch a handful of rows by key and take
+/// milliseconds; one still running after this is stuck behind something, and
+/// cancelling it turns a hung request or task into a retryable error.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Longest a PostgreSQL statement may wait for a lock (`lock_timeout`, every session).
+/// The locks kessai takes (saga rows `FOR UPDATE`) are held by short write
+/// transactions, so a wait this long means the holder is stuck. Shorter than
+/// [`STATEMENT_TIMEOUT`] so the error names the lock.
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Statement and lock bound of the session migrations run on. A migration may
+/// rewrite or index a large table, and it waits for another process's migration to
+/// finish (the advisory lock), so it gets far longer than a request does; but not
+/// forever: a wedged server fails the start-up instead of hanging it.
+pub const MIGRATION_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+/// How long an SQLite statement waits for another connection's lock on the file
+/// (`busy_timeout`) before failing with `SQLITE_BUSY`. kessai opens one connection per
+/// database, so this is only another process (a backup, an operator's shell)
+/// touching the file.
+pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Bounds on database calls, so a hung database turns into a (retryable) error
+/// instead of a request or task that waits forever. [`connect`] uses the defaults
+/// (the constants above); [`connect_with`] takes others (tests, tools).
+///
+/// On SQLite the one connection is never waited for with a bound: waiting for it is
+/// queueing behind the single writer, not a fault (and a bound would fire spuriously
+/// in tests on tokio's paused clock, which jumps ahead while SQLite works on its
+/// thread). SQLite has no statement timeout; its statements run in-process and only
+/// wait on file locks, which `sqlite_busy` bounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DbTimeouts {
+    /// Connecting, and waiting for a free pooled connection (PostgreSQL). sea-orm
+    /// hands both to sqlx's pool acquire timeout, which also covers opening a new
+    /// connection.
+    pub acquire: Duration,
+    /// PostgreSQL `statement_timeout`; zero means none.
+    pub statement: Duration,
+    /// PostgreSQL `lock_timeout`; zero means none.
+    pub lock: Duration,
+    /// SQLite `busy_timeout`.
+    pub sqlite_busy: Duration,
+}
+
+impl Default for DbTimeouts {
+    fn default() -> Self {
+        Self {
+            acquire: ACQUIRE_TIMEOUT,
+            statement: STATEMENT_TIMEOUT,
+            lock: LOCK_TIMEOUT,
+            sqlite_busy: SQLITE_BUSY_TIMEOUT,
+        }
+    }
+}
+
+impl DbTimeouts {
+    /// The bounds of the session migrations run on ([`MIGRATION_TIMEOUT`]).
+    pub fn migrations() -> Self {
+        Self {
+            statement: MIGRATION_TIMEOUT,
+            lock: MIGRATION_TIMEOUT,
+            ..Self::default()
+        }
+    }
+
+    /// `statement_timeout` and `lock_timeout` as PostgreSQL session settings, each
+    /// left out where `existing` (the URL's own `options`) already sets it: an
+    /// operator's setting in the URL wins.
+    fn postgres_settings(&self, existing: Option<&str>) -> Vec<(&'static str, String)> {
+        let existing = existing.unwrap_or("");
+        [("statement_timeout", self.statement), ("lock_timeout", self.lock)]
+            .into_iter()
+            .filter(|(name, _)| !existing.contains(name))
+            .map(|(name, bound)| (name, format!("{}ms", bound.as_millis())))
+            .collect()
+    }
+}
+
+/// Opens `url` (`sqlite://path?mode=rwc` or `postgres://...`) with the default
+/// [`DbTimeouts`].
 ///
 /// SQLite gets WAL with `synchronous=FULL` (every commit is fsynced: durability is not
 /// traded for speed) and a single pooled connection: SQLite has one writer anyway, and
 /// one connection avoids `SQLITE_BUSY` upgrade failures between pooled writers.
 /// PostgreSQL gets a pool of `max_connections`.
 pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnection, DbErr> {
+    connect_with(url, max_connections, DbTimeouts::default()).await
+}
+
+/// [`connect`] with other [`DbTimeouts`].
+pub async fn connect_with(url: &str, max_connections: u32, timeouts: DbTimeouts) -> Result<DatabaseConnection, DbErr> {
     let mut options = ConnectOptions::new(url.to_owned());
-    options
-        .sqlx_logging(false)
-        .connect_timeout(Duration::from_secs(10))
-        .acquire_timeout(Duration::from_secs(30));
+    options.sqlx_logging(false);
     if url.starts_with("sqlite:") {
         use sea_orm_migration::sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
         // Waiting for the one connection is queueing behind the single writer, not a
-        // fault: no short acquire timeout (one would also fire spuriously in tests on
-        // tokio's paused clock, which jumps ahead while SQLite works on its thread).
+        // fault: no short acquire timeout (see `DbTimeouts`).
         options
             .connect_timeout(Duration::from_secs(3600))
             .acquire_timeout(Duration::from_secs(3600))
@@ -59,14 +150,23 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
             .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
-            .map_sqlx_sqlite_opts(|o| {
+            .map_sqlx_sqlite_opts(move |o| {
                 o.create_if_missing(true)
                     .journal_mode(SqliteJournalMode::Wal)
                     .synchronous(SqliteSynchronous::Full)
-                    .busy_timeout(Duration::from_secs(30))
+                    .busy_timeout(timeouts.sqlite_busy)
             });
     } else {
-        options.max_connections(Ord::max(max_connections, 1));
+        options
+            .max_connections(Ord::max(max_connections, 1))
+            .connect_timeout(timeouts.acquire)
+            .acquire_timeout(timeouts.acquire)
+            // Sent in the startup packet: every session of the pool has them from its
+            // first statement on, with no extra round trip.
+            .map_sqlx_postgres_opts(move |o| {
+                let settings = timeouts.postgres_settings(o.get_options());
+                o.options(settings)
+            });
     }
     Database::connect(options).await
 }
@@ -106,7 +206,7 @@ const MIGRATION_LOCK: i64 = 0x6b65_7373_6169;
 /// and two migrators creating the same tables at once would fail one of them.
 async fn migrate_locked<M: MigratorTrait>(url: &str) -> Result<(), DbErr> {
     use sea_orm_migration::sea_orm::ConnectionTrait;
-    let session = connect(url, 1).await?;
+    let session = connect_with(url, 1, DbTimeouts::migrations()).await?;
     session
         .execute_unprepared(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
         .await?;
@@ -181,4 +281,42 @@ pub async fn drop_postgres_database(server: &str, database: &str) -> Result<(), 
         .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"))
         .await?;
     admin.close().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_sessions_get_both_bounds_unless_the_url_sets_them() {
+        let timeouts = DbTimeouts {
+            statement: Duration::from_millis(1_500),
+            lock: Duration::from_secs(2),
+            ..DbTimeouts::default()
+        };
+        assert_eq!(
+            timeouts.postgres_settings(None),
+            vec![
+                ("statement_timeout", "1500ms".into()),
+                ("lock_timeout", "2000ms".into())
+            ]
+        );
+        assert_eq!(
+            timeouts.postgres_settings(Some("-c statement_timeout=5min")),
+            vec![("lock_timeout", "2000ms".to_owned())]
+        );
+        assert!(
+            timeouts
+                .postgres_settings(Some("-c lock_timeout=0 -c statement_timeout=0"))
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn migrations_get_longer_bounds_than_requests() {
+        let migrations = DbTimeouts::migrations();
+        assert!(migrations.statement > STATEMENT_TIMEOUT && migrations.lock > LOCK_TIMEOUT);
+        assert_eq!(migrations.acquire, ACQUIRE_TIMEOUT);
+        assert!(LOCK_TIMEOUT < STATEMENT_TIMEOUT);
+    }
 }

@@ -30,8 +30,21 @@
 //!   their own. Deliveries from the dead channel cannot be settled any more: their
 //!   `ack` returns [`Error::Unavailable`] and the broker redelivers them, which
 //!   at-least-once with idempotent handlers absorbs. Every ack and nack is bounded
-//!   ([`SETTLE_TIMEOUT`]): one lapin accepted just as the connection died may never
-//!   resolve, and must not stall a batch or a graceful shutdown.
+//!   (`settle_timeout`, [`SETTLE_TIMEOUT`] by default): one lapin accepted just as the
+//!   connection died may never resolve, and must not stall a batch or a graceful
+//!   shutdown.
+//! - **No broker call waits forever.** Connecting (`connect_timeout`), every channel
+//!   operation — open, `confirm.select`, queue declare and delete, `basic.qos`,
+//!   `basic.consume`, handing a publish to the connection, close — (`op_timeout`),
+//!   every publisher confirm (`confirm_timeout`) and every ack, nack and cancel
+//!   (`settle_timeout`) has a bound of ours, and running past it is
+//!   [`Error::Unavailable`], which callers retry. A broker that accepts the TCP
+//!   connection and then stops answering (blocked by a resource alarm, a half-dead
+//!   link heartbeats have not caught yet) leaves the channel and the connection in an
+//!   unknown state, so an operation that timed out retires the connection: the next
+//!   call opens a new one rather than queueing behind the wedged one. Only waiting for
+//!   the next delivery is unbounded here: that is long polling, bounded by the
+//!   consumer's `poll_wait`.
 //! - **Expiry discards, it does not dead-letter.** [`OutgoingMessage::expires_in`]
 //!   becomes the per-message `expiration` property (milliseconds). Queues are
 //!   declared without arguments — no `x-dead-letter-exchange`, no `x-message-ttl` — so
@@ -60,7 +73,8 @@ use lapin::uri::AMQPUri;
 use lapin::{Acker, BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::runtime::Handle;
@@ -81,10 +95,23 @@ pub struct AmqpConfig {
     /// process in RabbitMQ, so a few let the broker use more than one core.
     pub publisher_channels: usize,
     /// How long a publish waits for its confirm before reporting
-    /// [`Error::Unavailable`] (a blocked or overloaded broker).
+    /// [`Error::Unavailable`] (a blocked or overloaded broker). A confirm of a
+    /// persistent message waits for the broker's fsync, well under a second even under
+    /// load; the default leaves a wide margin so it never fires in normal operation.
     pub confirm_timeout: Duration,
-    /// How long one connection attempt may take.
+    /// How long one connection attempt may take (TCP connect and the AMQP handshake).
     pub connect_timeout: Duration,
+    /// How long any other broker operation may take: opening a channel,
+    /// `confirm.select`, declaring, counting or deleting queues, `basic.qos`,
+    /// `basic.consume`, handing a publish to the connection (which waits while the
+    /// broker applies flow control), closing. Each normally answers within
+    /// milliseconds. Past this the call is [`Error::Unavailable`] and the connection it
+    /// ran on is retired (the next call opens a new one).
+    pub op_timeout: Duration,
+    /// How long an ack, nack or consumer cancel may take ([`SETTLE_TIMEOUT`] by
+    /// default, see there). Past it the delivery counts as not settled and its
+    /// channel as dead: the broker redelivers.
+    pub settle_timeout: Duration,
     /// AMQP heartbeat in seconds: how fast a silently dead TCP connection is noticed.
     /// `0` keeps the broker's value (60 s by default).
     pub heartbeat_secs: u16,
@@ -113,6 +140,8 @@ impl Default for AmqpConfig {
             publisher_channels: 4,
             confirm_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
+            op_timeout: Duration::from_secs(30),
+            settle_timeout: SETTLE_TIMEOUT,
             heartbeat_secs: 10,
             reconnect_min_backoff: Duration::from_millis(100),
             reconnect_max_backoff: Duration::from_secs(5),
@@ -129,6 +158,8 @@ impl fmt::Debug for AmqpConfig {
             .field("publisher_channels", &self.publisher_channels)
             .field("confirm_timeout", &self.confirm_timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("op_timeout", &self.op_timeout)
+            .field("settle_timeout", &self.settle_timeout)
             .field("heartbeat_secs", &self.heartbeat_secs)
             .field("reconnect_min_backoff", &self.reconnect_min_backoff)
             .field("reconnect_max_backoff", &self.reconnect_max_backoff)
@@ -172,8 +203,13 @@ struct Shared {
     config: AmqpConfig,
     uri: AMQPUri,
     link: tokio::sync::Mutex<Link>,
-    /// Confirm-mode publishing channels, each replaced when found dead.
-    publishers: Vec<Mutex<Option<Channel>>>,
+    /// Which connection is current: bumped for every new connection and when the
+    /// current one is retired ([`Shared::suspect`]). Channels remember the epoch they
+    /// were opened in; one of an older epoch is not reused.
+    epoch: AtomicU64,
+    /// Confirm-mode publishing channels (with their epoch), each replaced when found
+    /// dead or of a retired connection.
+    publishers: Vec<Mutex<Option<(u64, Channel)>>>,
     next_publisher: AtomicUsize,
     closed: AtomicBool,
     /// Per queue: deliveries received by this process and not yet settled.
@@ -184,8 +220,26 @@ struct Shared {
 #[derive(Default)]
 struct Link {
     connection: Option<Arc<Connection>>,
+    /// The epoch `connection` was opened in: it is current while this equals
+    /// [`Shared::epoch`].
+    epoch: u64,
     failures: u32,
     retry_at: Option<Instant>,
+}
+
+/// A confirm-mode channel from the pool, with the epoch of its connection.
+struct Publisher {
+    epoch: u64,
+    channel: Channel,
+}
+
+/// `op` bounded by `limit`: its own output, or [`Error::Unavailable`] saying what
+/// timed out. Every awaited lapin call goes through here (most through
+/// [`Shared::op`], which also retires the connection on a timeout).
+async fn timed<T>(limit: Duration, what: &str, op: impl Future<Output = T>) -> Result<T, Error> {
+    tokio::time::timeout(limit, op)
+        .await
+        .map_err(|_| Error::Unavailable(format!("{what} timed out after {limit:?}")))
 }
 
 impl AmqpTransport {
@@ -199,11 +253,17 @@ impl AmqpTransport {
         if config.heartbeat_secs > 0 {
             uri.query.heartbeat = Some(config.heartbeat_secs);
         }
+        // lapin connects on a thread of its own, which our bound on `connect` does not
+        // stop: bound its TCP connect as well (milliseconds), unless the URL says.
+        if uri.query.connection_timeout.is_none() {
+            uri.query.connection_timeout = Some(u64::try_from(config.connect_timeout.as_millis()).unwrap_or(u64::MAX));
+        }
         let channels = config.publisher_channels.max(1);
         let shared = Arc::new(Shared {
             config,
             uri,
             link: tokio::sync::Mutex::new(Link::default()),
+            epoch: AtomicU64::new(0),
             publishers: (0..channels).map(|_| Mutex::new(None)).collect(),
             next_publisher: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
@@ -216,7 +276,8 @@ impl AmqpTransport {
     /// Whether the connection is up right now (for health checks; it heals itself).
     pub async fn is_connected(&self) -> bool {
         let link = self.shared.link.lock().await;
-        link.connection.as_ref().is_some_and(|c| c.status().connected())
+        link.epoch == self.shared.epoch.load(Ordering::SeqCst)
+            && link.connection.as_ref().is_some_and(|c| c.status().connected())
     }
 
     /// Closes the connection. Publishes and consumers return [`Error::Closed`] after
@@ -228,7 +289,8 @@ impl AmqpTransport {
         }
         let connection = self.shared.link.lock().await.connection.take();
         if let Some(connection) = connection {
-            let _ = connection.close(200, "kessai transport closed".into()).await;
+            let closing = connection.close(200, "kessai transport closed".into());
+            let _ = timed(self.shared.config.op_timeout, "connection.close", closing).await;
         }
     }
 }
@@ -251,29 +313,64 @@ impl Shared {
         }
     }
 
-    /// A new channel on the live connection. Declares, counts and deletes each take
-    /// one of their own: a refused call (e.g. 406) closes the channel it ran on.
-    async fn open_channel(&self) -> Result<Channel, Error> {
-        self.connection()
-            .await?
-            .create_channel()
-            .await
-            .map_err(|e| map_lapin(e, "channel.open"))
+    /// A broker operation on a channel of the connection opened in `epoch`, bounded
+    /// by `op_timeout`. One that runs past it leaves its channel and the connection in
+    /// an unknown state (a blocked broker, a half-dead link the heartbeats have not
+    /// caught yet), so the connection is retired: the next call opens a new one.
+    async fn op<T>(&self, epoch: u64, what: &str, op: impl Future<Output = lapin::Result<T>>) -> Result<T, Error> {
+        match timed(self.config.op_timeout, what, op).await {
+            Ok(result) => result.map_err(|e| map_lapin(e, what)),
+            Err(timed_out) => {
+                self.suspect(epoch, &timed_out);
+                Err(timed_out)
+            }
+        }
     }
 
-    /// The live connection, reconnecting if it died and the backoff allows.
-    async fn connection(&self) -> Result<Arc<Connection>, Error> {
+    /// Retires the connection opened in `epoch` (if it is still the current one):
+    /// publishers stop using its channels and the next [`Shared::connection`] opens a
+    /// new one. Channels still open on it (consumers, unsettled deliveries) carry on
+    /// until they end; lapin closes the connection with the last of them.
+    fn suspect(&self, epoch: u64, why: &Error) {
+        if self
+            .epoch
+            .compare_exchange(epoch, epoch.wrapping_add(1), Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            tracing::warn!(
+                messaging.system = "amqp",
+                error = %why,
+                "amqp connection retired after a timeout; the next call opens a new one"
+            );
+        }
+    }
+
+    /// A new channel on the live connection, with the connection's epoch. Declares,
+    /// counts and deletes each take one of their own: a refused call (e.g. 406) closes
+    /// the channel it ran on.
+    async fn open_channel(&self) -> Result<(Channel, u64), Error> {
+        let (connection, epoch) = self.connection().await?;
+        let channel = self.op(epoch, "channel.open", connection.create_channel()).await?;
+        Ok((channel, epoch))
+    }
+
+    /// The live connection and its epoch, reconnecting if it died (or was retired) and
+    /// the backoff allows.
+    async fn connection(&self) -> Result<(Arc<Connection>, u64), Error> {
         self.check_open()?;
         let mut link = self.link.lock().await;
         if let Some(connection) = &link.connection {
-            if connection.status().connected() {
-                return Ok(connection.clone());
+            let current = self.epoch.load(Ordering::SeqCst);
+            if link.epoch == current && connection.status().connected() {
+                return Ok((connection.clone(), current));
             }
-            tracing::warn!(
-                messaging.system = "amqp",
-                status = ?connection.status(),
-                "amqp connection lost; reconnecting"
-            );
+            if link.epoch == current {
+                tracing::warn!(
+                    messaging.system = "amqp",
+                    status = ?connection.status(),
+                    "amqp connection lost; reconnecting"
+                );
+            }
             link.connection = None;
         }
         let now = Instant::now();
@@ -287,8 +384,9 @@ impl Shared {
         }
         let properties =
             ConnectionProperties::default().with_connection_name(LongString::from(self.config.connection_name.clone()));
-        let attempt = tokio::time::timeout(
+        let attempt = timed(
             self.config.connect_timeout,
+            "connecting to the broker",
             Connection::connect_uri(self.uri.clone(), properties),
         )
         .await;
@@ -304,14 +402,13 @@ impl Shared {
                 link.failures = 0;
                 link.retry_at = None;
                 let connection = Arc::new(connection);
+                let epoch = self.epoch.fetch_add(1, Ordering::SeqCst).wrapping_add(1);
                 link.connection = Some(connection.clone());
-                return Ok(connection);
+                link.epoch = epoch;
+                return Ok((connection, epoch));
             }
             Ok(Err(e)) => map_lapin(e, "connect"),
-            Err(_) => Error::Unavailable(format!(
-                "connecting to the broker took longer than {:?}",
-                self.config.connect_timeout
-            )),
+            Err(timed_out) => timed_out,
         };
         link.failures = link.failures.saturating_add(1);
         let backoff = backoff(
@@ -330,37 +427,47 @@ impl Shared {
         Err(error)
     }
 
-    /// A confirm-mode channel from the pool (round-robin), re-created if it died.
-    async fn publisher(&self) -> Result<Channel, Error> {
+    /// A confirm-mode channel from the pool (round-robin), re-created if it died or
+    /// its connection was retired.
+    async fn publisher(&self) -> Result<Publisher, Error> {
         self.check_open()?;
-        let index = self.next_publisher.fetch_add(1, Ordering::Relaxed) % self.publishers.len();
-        if let Some(channel) = live(&self.publishers[index]) {
-            return Ok(channel);
+        let slot = self.next_publisher.fetch_add(1, Ordering::Relaxed) % self.publishers.len();
+        if let Some(publisher) = self.live_publisher(slot) {
+            return Ok(publisher);
         }
-        let connection = self.connection().await?;
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|e| map_lapin(e, "channel.open"))?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|e| map_lapin(e, "confirm.select"))?;
-        let mut slot = self.publishers[index].lock().expect("publisher slot");
-        match slot.as_ref() {
-            // Another task refilled the slot meanwhile: use that one, ours closes on drop.
-            Some(existing) if existing.status().connected() => Ok(existing.clone()),
-            _ => {
-                *slot = Some(channel.clone());
-                Ok(channel)
-            }
+        let (channel, epoch) = self.open_channel().await?;
+        self.op(
+            epoch,
+            "confirm.select",
+            channel.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await?;
+        let mut held = self.publishers[slot].lock().expect("publisher slot");
+        // Another task refilled the slot meanwhile: use that one, ours closes on drop.
+        if let Some(publisher) = self.usable(held.as_ref()) {
+            return Ok(publisher);
         }
+        *held = Some((epoch, channel.clone()));
+        Ok(Publisher { epoch, channel })
+    }
+
+    /// The channel in `slot`, if it is open and on the current connection.
+    fn live_publisher(&self, slot: usize) -> Option<Publisher> {
+        self.usable(self.publishers[slot].lock().expect("publisher slot").as_ref())
+    }
+
+    fn usable(&self, held: Option<&(u64, Channel)>) -> Option<Publisher> {
+        let (epoch, channel) = held?;
+        (*epoch == self.epoch.load(Ordering::SeqCst) && channel.status().connected()).then(|| Publisher {
+            epoch: *epoch,
+            channel: channel.clone(),
+        })
     }
 
     /// Sends one message; the returned future resolves with the broker's confirm.
     async fn send(
         &self,
-        channel: &Channel,
+        publisher: &Publisher,
         queue: &ShortString,
         message: &OutgoingMessage,
     ) -> Result<lapin::PublisherConfirm, Error> {
@@ -370,28 +477,36 @@ impl Shared {
         if let Some(ttl) = message.expires_in {
             properties = properties.with_expiration(expiration(ttl));
         }
-        channel
-            .basic_publish(
-                ShortString::from(""),
-                queue.clone(),
-                // mandatory: a message no queue takes comes back instead of vanishing.
-                BasicPublishOptions {
-                    mandatory: true,
-                    immediate: false,
-                },
-                &message.payload,
-                properties,
-            )
-            .await
-            .map_err(|e| map_lapin(e, "basic.publish"))
+        // Resolves once the frames are handed to the connection: it waits while the
+        // broker holds publishers back (flow control, a resource alarm).
+        let publish = publisher.channel.basic_publish(
+            ShortString::from(""),
+            queue.clone(),
+            // mandatory: a message no queue takes comes back instead of vanishing.
+            BasicPublishOptions {
+                mandatory: true,
+                immediate: false,
+            },
+            &message.payload,
+            properties,
+        );
+        self.op(publisher.epoch, "basic.publish", publish).await
     }
 
-    async fn confirmed(&self, queue: &str, confirm: lapin::PublisherConfirm) -> Result<(), Error> {
-        match tokio::time::timeout(self.config.confirm_timeout, confirm).await {
-            Err(_) => Err(Error::Unavailable(format!(
-                "no publisher confirm within {:?}",
-                self.config.confirm_timeout
-            ))),
+    async fn confirmed(
+        &self,
+        publisher: &Publisher,
+        queue: &str,
+        confirm: lapin::PublisherConfirm,
+    ) -> Result<(), Error> {
+        match timed(self.config.confirm_timeout, "publisher confirm", confirm).await {
+            Err(timed_out) => {
+                // The message may still be confirmed (or not): the caller resends it.
+                // A confirm this late means the connection is in an unknown state: the
+                // next publishes go to a fresh one.
+                self.suspect(publisher.epoch, &timed_out);
+                Err(timed_out)
+            }
             Ok(Err(e)) => Err(map_lapin(e, "publisher confirm")),
             Ok(Ok(Confirmation::Ack(None))) => Ok(()),
             Ok(Ok(Confirmation::Ack(Some(returned)))) => Err(Error::NotAccepted(format!(
@@ -409,9 +524,9 @@ impl Shared {
 
     async fn publish(&self, queue: &str, message: &OutgoingMessage) -> Result<(), Error> {
         let name = short(queue)?;
-        let channel = self.publisher().await?;
-        let confirm = self.send(&channel, &name, message).await?;
-        self.confirmed(queue, confirm).await
+        let publisher = self.publisher().await?;
+        let confirm = self.send(&publisher, &name, message).await?;
+        self.confirmed(&publisher, queue, confirm).await
     }
 
     async fn publish_batch(&self, queue: &str, messages: &[OutgoingMessage]) -> Result<(), Error> {
@@ -419,22 +534,15 @@ impl Shared {
             return Ok(());
         }
         let name = short(queue)?;
-        let channel = self.publisher().await?;
+        let publisher = self.publisher().await?;
         let mut confirms = Vec::with_capacity(messages.len());
         for message in messages {
-            confirms.push(self.send(&channel, &name, message).await?);
+            confirms.push(self.send(&publisher, &name, message).await?);
         }
-        let results = futures::future::join_all(confirms.into_iter().map(|c| self.confirmed(queue, c))).await;
+        let results =
+            futures::future::join_all(confirms.into_iter().map(|c| self.confirmed(&publisher, queue, c))).await;
         results.into_iter().collect()
     }
-}
-
-fn live(slot: &Mutex<Option<Channel>>) -> Option<Channel> {
-    slot.lock()
-        .expect("publisher slot")
-        .as_ref()
-        .filter(|c| c.status().connected())
-        .cloned()
 }
 
 fn backoff(min: Duration, max: Duration, failures: u32) -> Duration {
@@ -522,14 +630,15 @@ impl Transport for AmqpTransport {
     async fn declare(&self, queue: &str) -> Result<(), Error> {
         let dlq = dead_letter_queue(queue);
         let names = [short(&dlq)?, short(queue)?];
-        let channel = self.shared.open_channel().await?;
+        let (channel, epoch) = self.shared.open_channel().await?;
         for name in names {
-            channel
-                .queue_declare(name, QueueDeclareOptions::durable(), FieldTable::default())
-                .await
-                .map_err(|e| map_lapin(e, "queue.declare"))?;
+            let declare = channel.queue_declare(name, QueueDeclareOptions::durable(), FieldTable::default());
+            self.shared.op(epoch, "queue.declare", declare).await?;
         }
-        let _ = channel.close(200, "declared".into()).await;
+        let _ = self
+            .shared
+            .op(epoch, "channel.close", channel.close(200, "declared".into()))
+            .await;
         Ok(())
     }
 
@@ -543,19 +652,20 @@ impl Transport for AmqpTransport {
     /// of `queue` runs in this process (the embedded stack).
     async fn pending(&self, queue: &str) -> Result<Option<u64>, Error> {
         let name = short(queue)?;
-        let channel = self.shared.open_channel().await?;
-        let declared = channel
-            .queue_declare(
-                name,
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| map_lapin(e, "queue.declare (passive)"))?;
-        let _ = channel.close(200, "counted".into()).await;
+        let (channel, epoch) = self.shared.open_channel().await?;
+        let declare = channel.queue_declare(
+            name,
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        );
+        let declared = self.shared.op(epoch, "queue.declare (passive)", declare).await?;
+        let _ = self
+            .shared
+            .op(epoch, "channel.close", channel.close(200, "counted".into()))
+            .await;
         let held = self.shared.in_flight(queue).load(Ordering::SeqCst);
         Ok(Some(u64::from(declared.message_count()) + held as u64))
     }
@@ -567,15 +677,16 @@ impl Transport for AmqpTransport {
     async fn delete(&self, queue: &str) -> Result<(), Error> {
         let dlq = dead_letter_queue(queue);
         let names = [short(queue)?, short(&dlq)?];
-        let channel = self.shared.open_channel().await?;
+        let (channel, epoch) = self.shared.open_channel().await?;
         for name in names {
             // Deleting a queue that does not exist is a no-op in RabbitMQ 3.x+.
-            channel
-                .queue_delete(name, QueueDeleteOptions::default())
-                .await
-                .map_err(|e| map_lapin(e, "queue.delete"))?;
+            let delete = channel.queue_delete(name, QueueDeleteOptions::default());
+            self.shared.op(epoch, "queue.delete", delete).await?;
         }
-        let _ = channel.close(200, "deleted".into()).await;
+        let _ = self
+            .shared
+            .op(epoch, "channel.close", channel.close(200, "deleted".into()))
+            .await;
         Ok(())
     }
 
@@ -634,6 +745,8 @@ type Received = Result<(lapin::message::Delivery, InFlight), lapin::Error>;
 /// is counted, and a dead channel shows up as the channel's end.
 struct Live {
     channel: Channel,
+    /// The epoch of the connection `channel` is on.
+    epoch: u64,
     tag: ShortString,
     deliveries: mpsc::UnboundedReceiver<Received>,
     /// Set once a settle on this channel stalled (see [`settle_bounded`]).
@@ -645,32 +758,34 @@ const REQUEUE: BasicNackOptions = BasicNackOptions {
     requeue: true,
 };
 
-/// Longest an ack or nack may take. lapin resolves one once its frame is handed to
-/// the connection, normally at once; but one issued just as the connection dies (a
-/// broker stop) can stay unresolved forever, and with it whatever awaits it: a
-/// participant's batch, a graceful shutdown. Past this bound the delivery counts as
-/// not settled: the broker redelivers it when it drops the dead connection.
+/// The default `settle_timeout`: longest an ack, nack or cancel may take. lapin
+/// resolves one once its frame is handed to the connection, normally at once; but one
+/// issued just as the connection dies (a broker stop) can stay unresolved forever,
+/// and with it whatever awaits it: a participant's batch, a graceful shutdown. Past
+/// this bound the delivery counts as not settled: the broker redelivers it when it
+/// drops the dead connection.
 pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// An ack or nack bounded by [`SETTLE_TIMEOUT`]. Once one on a channel stalls,
-/// `stalled` marks that channel dead, so the rest of its deliveries fail at once
-/// instead of each waiting out the bound.
+/// An ack or nack bounded by `limit` (`settle_timeout`). Once one on a channel
+/// stalls, `stalled` marks that channel dead, so the rest of its deliveries fail at
+/// once instead of each waiting out the bound (and its consumer re-opens).
 async fn settle_bounded(
     stalled: &AtomicBool,
+    limit: Duration,
     what: &str,
-    settle: impl std::future::Future<Output = lapin::Result<bool>>,
+    settle: impl Future<Output = lapin::Result<bool>>,
 ) -> Result<(), Error> {
     if stalled.load(Ordering::SeqCst) {
         return Err(Error::Unavailable(format!(
             "{what}: the delivery's channel stalled; the broker will redeliver it"
         )));
     }
-    match tokio::time::timeout(SETTLE_TIMEOUT, settle).await {
+    match timed(limit, what, settle).await {
         Ok(result) => settled(result, what),
-        Err(_) => {
+        Err(timed_out) => {
             stalled.store(true, Ordering::SeqCst);
             Err(Error::Unavailable(format!(
-                "{what}: no answer within {SETTLE_TIMEOUT:?}; the broker will redeliver it"
+                "{timed_out}; the broker will redeliver the delivery"
             )))
         }
     }
@@ -678,13 +793,18 @@ async fn settle_bounded(
 
 /// Moves deliveries from lapin to the consumer until the subscription ends (cancel,
 /// channel or connection loss). A delivery the consumer is no longer there to take
-/// goes back to the queue.
-async fn pump(mut stream: lapin::Consumer, deliveries: mpsc::UnboundedSender<Received>, in_flight: Arc<AtomicUsize>) {
+/// goes back to the queue (the nack bounded by `settle_timeout`).
+async fn pump(
+    mut stream: lapin::Consumer,
+    deliveries: mpsc::UnboundedSender<Received>,
+    in_flight: Arc<AtomicUsize>,
+    settle_timeout: Duration,
+) {
     while let Some(item) = stream.next().await {
         let failed = item.is_err();
         let item = item.map(|d| (d, InFlight::new(&in_flight)));
         if let Err(mpsc::error::SendError(Ok((d, _in_flight)))) = deliveries.send(item) {
-            let _ = tokio::time::timeout(SETTLE_TIMEOUT, d.acker.nack(REQUEUE)).await;
+            let _ = timed(settle_timeout, "basic.nack", d.acker.nack(REQUEUE)).await;
         }
         if failed {
             break;
@@ -694,23 +814,24 @@ async fn pump(mut stream: lapin::Consumer, deliveries: mpsc::UnboundedSender<Rec
 
 impl AmqpConsumer {
     async fn open(&self) -> Result<Live, Error> {
-        let channel = self.shared.open_channel().await?;
-        channel
-            .basic_qos(self.prefetch, BasicQosOptions::default())
-            .await
-            .map_err(|e| map_lapin(e, "basic.qos"))?;
+        let (channel, epoch) = self.shared.open_channel().await?;
+        let qos = channel.basic_qos(self.prefetch, BasicQosOptions::default());
+        self.shared.op(epoch, "basic.qos", qos).await?;
         let tag = ShortString::from(format!("kessai-{}", uuid::Uuid::new_v4().simple()));
-        let stream = channel
-            .basic_consume(
-                self.name.clone(),
-                tag.clone(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| map_lapin(e, &format!("basic.consume on `{}`", self.queue)))?;
+        let consume = channel.basic_consume(
+            self.name.clone(),
+            tag.clone(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        );
+        let stream = self
+            .shared
+            .op(epoch, &format!("basic.consume on `{}`", self.queue), consume)
+            .await?;
         let (sender, deliveries) = mpsc::unbounded_channel();
-        self.runtime.spawn(pump(stream, sender, self.in_flight.clone()));
+        let settle_timeout = self.shared.config.settle_timeout;
+        self.runtime
+            .spawn(pump(stream, sender, self.in_flight.clone(), settle_timeout));
         tracing::debug!(
             messaging.system = "amqp",
             messaging.destination.name = %self.queue,
@@ -719,10 +840,42 @@ impl AmqpConsumer {
         );
         Ok(Live {
             channel,
+            epoch,
             tag,
             deliveries,
             stalled: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Ends the subscription: cancels it and requeues what was received but not handed
+    /// out. The channel stays open while handed-out deliveries hold it, so they can
+    /// still be settled; it closes with the last of them.
+    fn shut(&mut self) {
+        let Some(Live {
+            channel,
+            tag,
+            mut deliveries,
+            ..
+        }) = self.live.take()
+        else {
+            return;
+        };
+        let mut held = Vec::new();
+        while let Ok(Ok(received)) = deliveries.try_recv() {
+            held.push(received);
+        }
+        // From here the pump requeues whatever still arrives, until the cancel lands.
+        drop(deliveries);
+        let limit = self.shared.config.settle_timeout;
+        self.runtime.spawn(async move {
+            if channel.status().connected() {
+                let cancel = channel.basic_cancel(tag, BasicCancelOptions::default());
+                let _ = timed(limit, "basic.cancel", cancel).await;
+            }
+            for (d, _in_flight) in held {
+                let _ = timed(limit, "basic.nack", d.acker.nack(REQUEUE)).await;
+            }
+        });
     }
 
     fn delivery(
@@ -753,6 +906,28 @@ impl Consumer for AmqpConsumer {
         let deadline = Instant::now() + self.options.poll_wait;
         loop {
             self.shared.check_open()?;
+            if let Some(live) = &self.live {
+                let stalled = live.stalled.load(Ordering::SeqCst);
+                if stalled || live.epoch != self.shared.epoch.load(Ordering::SeqCst) {
+                    if stalled {
+                        // A settle on this channel went unanswered: its state is
+                        // unknown, and so is its connection's.
+                        let why = Error::Unavailable(format!("a settle on the channel of `{}` stalled", self.queue));
+                        self.shared.suspect(live.epoch, &why);
+                    }
+                    // The channel's connection is retired (or already replaced): start
+                    // over on the current one. What the old channel still holds
+                    // unsettled the broker redelivers.
+                    tracing::warn!(
+                        messaging.system = "amqp",
+                        messaging.destination.name = %self.queue,
+                        stalled,
+                        "amqp consumer leaving a retired connection; re-opening"
+                    );
+                    self.shut();
+                    continue;
+                }
+            }
             let Some(live) = self.live.as_mut() else {
                 match self.open().await {
                     Ok(live) => {
@@ -815,34 +990,10 @@ impl Consumer for AmqpConsumer {
 }
 
 impl Drop for AmqpConsumer {
-    /// Cancels the subscription and requeues what was received but not handed out.
-    /// The channel stays open while handed-out deliveries hold it, so they can still
-    /// be settled; it closes with the last of them.
+    /// Cancels the subscription and requeues what was received but not handed out
+    /// (see [`AmqpConsumer::shut`]).
     fn drop(&mut self) {
-        let Some(Live {
-            channel,
-            tag,
-            mut deliveries,
-            ..
-        }) = self.live.take()
-        else {
-            return;
-        };
-        let mut held = Vec::new();
-        while let Ok(Ok(received)) = deliveries.try_recv() {
-            held.push(received);
-        }
-        // From here the pump requeues whatever still arrives, until the cancel lands.
-        drop(deliveries);
-        self.runtime.spawn(async move {
-            if channel.status().connected() {
-                let cancel = channel.basic_cancel(tag, BasicCancelOptions::default());
-                let _ = tokio::time::timeout(SETTLE_TIMEOUT, cancel).await;
-            }
-            for (d, _in_flight) in held {
-                let _ = tokio::time::timeout(SETTLE_TIMEOUT, d.acker.nack(REQUEUE)).await;
-            }
-        });
+        self.shut();
     }
 }
 
@@ -879,12 +1030,14 @@ fn settled(result: lapin::Result<bool>, what: &str) -> Result<(), Error> {
 impl Settle for AmqpSettle {
     async fn ack(mut self: Box<Self>) -> Result<(), Error> {
         let acker = self.acker.take().expect("a delivery is settled once");
-        settle_bounded(&self.stalled, "basic.ack", acker.ack(BasicAckOptions::default())).await
+        let limit = self.shared.config.settle_timeout;
+        settle_bounded(&self.stalled, limit, "basic.ack", acker.ack(BasicAckOptions::default())).await
     }
 
     async fn requeue(mut self: Box<Self>) -> Result<(), Error> {
         let acker = self.acker.take().expect("a delivery is settled once");
-        settle_bounded(&self.stalled, "basic.nack", acker.nack(REQUEUE)).await
+        let limit = self.shared.config.settle_timeout;
+        settle_bounded(&self.stalled, limit, "basic.nack", acker.nack(REQUEUE)).await
     }
 
     async fn dead_letter(mut self: Box<Self>, reason: &str) -> Result<(), Error> {
@@ -907,7 +1060,8 @@ impl Settle for AmqpSettle {
         // If this fails the original stays unsettled and Drop requeues it.
         self.shared.publish(&dead_letter_queue(&self.queue), &copy).await?;
         let acker = self.acker.take().expect("a delivery is settled once");
-        settle_bounded(&self.stalled, "basic.ack", acker.ack(BasicAckOptions::default())).await
+        let limit = self.shared.config.settle_timeout;
+        settle_bounded(&self.stalled, limit, "basic.ack", acker.ack(BasicAckOptions::default())).await
     }
 }
 
@@ -921,9 +1075,10 @@ impl Drop for AmqpSettle {
         if !acker.usable() {
             return; // the channel died: the broker has requeued it already
         }
+        let limit = self.shared.config.settle_timeout;
         self.runtime.spawn(async move {
             let _held = (channel, in_flight);
-            let _ = tokio::time::timeout(SETTLE_TIMEOUT, acker.nack(REQUEUE)).await;
+            let _ = timed(limit, "basic.nack", acker.nack(REQUEUE)).await;
         });
     }
 }

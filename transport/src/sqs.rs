@@ -35,6 +35,14 @@
 //! - **Long polling**: `WaitTimeSeconds` is the smaller of `SqsConfig::wait_time`, the
 //!   consumer's `poll_wait` (rounded to whole seconds) and 20 s; up to ten messages per
 //!   call, and never more unsettled deliveries than the consumer's prefetch.
+//! - **No call waits forever.** The client [`SqsTransport::connect`] builds has the
+//!   SDK's timeouts set: TCP/TLS connect (`connect_timeout`), each HTTP attempt
+//!   (`attempt_timeout`; the SDK retries one that times out) and the whole call with
+//!   its retries (`op_timeout`). A `ReceiveMessage` long poll gets its wait time on
+//!   top of both, so an empty queue is never mistaken for a dead endpoint. Behind
+//!   those, every call also runs under a tokio timeout of ours, a backstop that holds
+//!   for a client built elsewhere ([`SqsTransport::with_client`]) too. Running out of
+//!   time is [`Error::Unavailable`], which callers retry.
 
 use crate::{
     ConsumeOptions, Consumer, DEAD_LETTER_REASON, DEAD_LETTER_SOURCE, Delivery, Error, Headers, OutgoingMessage,
@@ -43,6 +51,7 @@ use crate::{
 use async_trait::async_trait;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::config::http::HttpResponse;
+use aws_sdk_sqs::config::timeout::TimeoutConfig;
 use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{
@@ -54,6 +63,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::runtime::Handle;
@@ -74,6 +84,9 @@ const EMPTY_STRING_TYPE: &str = "String.empty";
 const MAX_BATCH_BYTES: usize = 200 * 1024;
 /// Longest `WaitTimeSeconds` SQS accepts.
 const MAX_WAIT: Duration = Duration::from_secs(20);
+/// How much longer than the SDK's own operation timeout our backstop waits, so the
+/// SDK's (more telling) timeout error is the one normally seen.
+const BACKSTOP_GRACE: Duration = Duration::from_secs(1);
 
 /// How to reach SQS and how messages are held.
 #[derive(Clone)]
@@ -95,6 +108,17 @@ pub struct SqsConfig {
     /// Receives after which SQS itself moves a message to `<queue>-dlq` (the queue's
     /// `RedrivePolicy`). Each requeue counts as a receive. `0` sets no policy.
     pub max_receive_count: u32,
+    /// Longest wait for a TCP (and TLS) connection to the endpoint (the SDK's
+    /// connect timeout).
+    pub connect_timeout: Duration,
+    /// Longest one HTTP attempt may take (the SDK's operation attempt timeout); the
+    /// SDK retries an attempt that runs out. SQS answers in tens of milliseconds.
+    pub attempt_timeout: Duration,
+    /// Longest one call may take, the SDK's retries included (the SDK's operation
+    /// timeout, and a little more for the tokio timeout of ours behind it). A
+    /// `ReceiveMessage` long poll gets its wait time on top of this and of
+    /// `attempt_timeout`.
+    pub op_timeout: Duration,
 }
 
 impl Default for SqsConfig {
@@ -107,7 +131,27 @@ impl Default for SqsConfig {
             visibility_timeout: Duration::from_secs(30),
             wait_time: MAX_WAIT,
             max_receive_count: 10,
+            connect_timeout: Duration::from_secs(5),
+            attempt_timeout: Duration::from_secs(10),
+            op_timeout: Duration::from_secs(30),
         }
+    }
+}
+
+impl SqsConfig {
+    /// The SDK's timeouts for a call that may wait `wait` on purpose (a long poll).
+    fn sdk_timeouts(&self, wait: Duration) -> TimeoutConfig {
+        TimeoutConfig::builder()
+            .connect_timeout(self.connect_timeout)
+            .operation_attempt_timeout(wait + self.attempt_timeout)
+            .operation_timeout(wait + self.op_timeout)
+            .build()
+    }
+
+    /// Our own bound on a call that may wait `wait` on purpose: a backstop behind the
+    /// SDK's timeouts.
+    fn backstop(&self, wait: Duration) -> Duration {
+        wait + self.op_timeout + BACKSTOP_GRACE
     }
 }
 
@@ -121,6 +165,9 @@ impl fmt::Debug for SqsConfig {
             .field("visibility_timeout", &self.visibility_timeout)
             .field("wait_time", &self.wait_time)
             .field("max_receive_count", &self.max_receive_count)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("attempt_timeout", &self.attempt_timeout)
+            .field("op_timeout", &self.op_timeout)
             .finish()
     }
 }
@@ -148,9 +195,12 @@ struct Shared {
 }
 
 impl SqsTransport {
-    /// Builds the client. Makes no call: SQS is reached on first use.
+    /// Builds the client, with the SDK's timeouts from `config`. Makes no call: SQS is
+    /// reached on first use.
     pub async fn connect(config: SqsConfig) -> Result<Self, Error> {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest()).region(Region::new(config.region.clone()));
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(config.region.clone()))
+            .timeout_config(config.sdk_timeouts(Duration::ZERO));
         if let Some(url) = &config.endpoint_url {
             loader = loader.endpoint_url(url);
         }
@@ -169,7 +219,9 @@ impl SqsTransport {
         Ok(Self::with_client(Client::new(&sdk), config))
     }
 
-    /// Uses a client built elsewhere (custom retry or HTTP settings).
+    /// Uses a client built elsewhere (custom retry or HTTP settings). Its own timeouts
+    /// stay as they are, except on `ReceiveMessage` (which needs room for its long
+    /// poll); `config.op_timeout` still bounds every call from outside.
     pub fn with_client(client: Client, config: SqsConfig) -> Self {
         Self {
             shared: Arc::new(Shared {
@@ -203,16 +255,27 @@ impl Shared {
             .insert(queue.to_owned(), url.to_owned());
     }
 
+    /// One SDK call, bounded by our backstop; SDK errors mapped by [`map_sdk`].
+    async fn call<T, E>(
+        &self,
+        what: &str,
+        request: impl Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+    ) -> Result<T, Error>
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        bounded(self.config.backstop(Duration::ZERO), what, request)
+            .await?
+            .map_err(|e| map_sdk(e, what))
+    }
+
     async fn url(&self, queue: &str) -> Result<String, Error> {
         if let Some(url) = self.cached(queue) {
             return Ok(url);
         }
-        let out = self
-            .client
-            .get_queue_url()
-            .queue_name(queue)
-            .send()
-            .await
+        let request = self.client.get_queue_url().queue_name(queue).send();
+        let out = bounded(self.config.backstop(Duration::ZERO), "GetQueueUrl", request)
+            .await?
             .map_err(|e| {
                 if e.as_service_error().is_some_and(|s| s.is_queue_does_not_exist()) {
                     Error::NotAccepted(format!("no queue `{queue}`; declare it first"))
@@ -229,12 +292,8 @@ impl Shared {
 
     async fn create(&self, queue: &str) -> Result<String, Error> {
         let out = self
-            .client
-            .create_queue()
-            .queue_name(queue)
-            .send()
-            .await
-            .map_err(|e| map_sdk(e, "CreateQueue"))?;
+            .call("CreateQueue", self.client.create_queue().queue_name(queue).send())
+            .await?;
         let url = out
             .queue_url()
             .ok_or_else(|| Error::Unavailable("CreateQueue answered without a URL".into()))?;
@@ -254,14 +313,14 @@ impl Shared {
         body: String,
         attributes: HashMap<String, MessageAttributeValue>,
     ) -> Result<(), Error> {
-        self.client
+        let request = self
+            .client
             .send_message()
             .queue_url(url)
             .message_body(body)
             .set_message_attributes(Some(attributes))
-            .send()
-            .await
-            .map_err(|e| map_sdk(e, "SendMessage"))?;
+            .send();
+        self.call("SendMessage", request).await?;
         Ok(())
     }
 
@@ -281,7 +340,7 @@ impl Shared {
                 .map_err(|e| Error::Config(format!("SendMessageBatch entry: {e}")))?;
             request = request.entries(entry);
         }
-        let out = request.send().await.map_err(|e| map_sdk(e, "SendMessageBatch"))?;
+        let out = self.call("SendMessageBatch", request.send()).await?;
         if let Some(failed) = out.failed().first() {
             return Err(entry_error(
                 "SendMessageBatch",
@@ -300,16 +359,24 @@ impl Shared {
     }
 
     async fn set_visibility(&self, url: &str, receipt: &str, timeout: Duration) -> Result<(), Error> {
-        self.client
+        let request = self
+            .client
             .change_message_visibility()
             .queue_url(url)
             .receipt_handle(receipt)
             .visibility_timeout(secs(timeout))
-            .send()
-            .await
-            .map_err(|e| map_sdk(e, "ChangeMessageVisibility"))?;
+            .send();
+        self.call("ChangeMessageVisibility", request).await?;
         Ok(())
     }
+}
+
+/// `call` bounded by `limit`: its own output, or [`Error::Unavailable`] saying what
+/// got no answer in time.
+async fn bounded<T>(limit: Duration, what: &str, call: impl Future<Output = T>) -> Result<T, Error> {
+    tokio::time::timeout(limit, call)
+        .await
+        .map_err(|_| Error::Unavailable(format!("{what}: no answer within {limit:?}")))
 }
 
 fn secs(d: Duration) -> i32 {
@@ -520,29 +587,27 @@ impl Transport for SqsTransport {
     async fn declare(&self, queue: &str) -> Result<(), Error> {
         let shared = &self.shared;
         let dlq_url = shared.create(&dead_letter_queue(queue)).await?;
-        shared
+        let retention = shared
             .client
             .set_queue_attributes()
             .queue_url(&dlq_url)
             // The longest SQS keeps anything: 14 days for SREs to look.
             .attributes(QueueAttributeName::MessageRetentionPeriod, "1209600")
-            .send()
-            .await
-            .map_err(|e| map_sdk(e, "SetQueueAttributes"))?;
+            .send();
+        shared.call("SetQueueAttributes", retention).await?;
         let url = shared.create(queue).await?;
         let mut request = shared.client.set_queue_attributes().queue_url(&url).attributes(
             QueueAttributeName::VisibilityTimeout,
             secs(shared.config.visibility_timeout).to_string(),
         );
         if shared.config.max_receive_count > 0 {
-            let out = shared
+            let arn_request = shared
                 .client
                 .get_queue_attributes()
                 .queue_url(&dlq_url)
                 .attribute_names(QueueAttributeName::QueueArn)
-                .send()
-                .await
-                .map_err(|e| map_sdk(e, "GetQueueAttributes"))?;
+                .send();
+            let out = shared.call("GetQueueAttributes", arn_request).await?;
             let arn = out
                 .attributes()
                 .and_then(|a| a.get(&QueueAttributeName::QueueArn))
@@ -553,7 +618,7 @@ impl Transport for SqsTransport {
             );
             request = request.attributes(QueueAttributeName::RedrivePolicy, policy);
         }
-        request.send().await.map_err(|e| map_sdk(e, "SetQueueAttributes"))?;
+        shared.call("SetQueueAttributes", request.send()).await?;
         Ok(())
     }
 
@@ -566,7 +631,7 @@ impl Transport for SqsTransport {
     /// lazily, so a few seconds of zeros are what "empty" looks like.
     async fn pending(&self, queue: &str) -> Result<Option<u64>, Error> {
         let url = self.shared.url(queue).await?;
-        let out = self
+        let request = self
             .shared
             .client
             .get_queue_attributes()
@@ -574,9 +639,8 @@ impl Transport for SqsTransport {
             .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
             .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
             .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
-            .send()
-            .await
-            .map_err(|e| map_sdk(e, "GetQueueAttributes"))?;
+            .send();
+        let out = self.shared.call("GetQueueAttributes", request).await?;
         let total = out
             .attributes()
             .map(|a| a.values().filter_map(|v| v.parse::<u64>().ok()).sum())
@@ -605,13 +669,8 @@ impl Transport for SqsTransport {
                 Err(Error::NotAccepted(_)) => continue,
                 Err(e) => return Err(e),
             };
-            self.shared
-                .client
-                .delete_queue()
-                .queue_url(&url)
-                .send()
-                .await
-                .map_err(|e| map_sdk(e, "DeleteQueue"))?;
+            let request = self.shared.client.delete_queue().queue_url(&url).send();
+            self.shared.call("DeleteQueue", request).await?;
             self.shared.urls.write().expect("url cache").remove(&name);
         }
         Ok(())
@@ -676,9 +735,8 @@ async fn delete_batch(shared: &Shared, url: &str, batch: Vec<DeleteRequest>) {
             .expect("id and receipt are set");
         request = request.entries(entry);
     }
-    match request.send().await {
-        Err(e) => {
-            let error = map_sdk(e, "DeleteMessageBatch");
+    match shared.call("DeleteMessageBatch", request.send()).await {
+        Err(error) => {
             for r in batch {
                 let _ = r.done.send(Err(clone_error(&error)));
             }
@@ -755,22 +813,29 @@ impl Consumer for SqsConsumer {
             permits.merge(extra);
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let received = self
+        let wait_seconds = self.wait_seconds(remaining);
+        // The long poll is waiting on purpose: it gets its wait on top of every bound.
+        let wait = Duration::from_secs(u64::try_from(wait_seconds).unwrap_or(0));
+        let config = &self.shared.config;
+        let request = self
             .shared
             .client
             .receive_message()
             .queue_url(&self.url)
             .max_number_of_messages(permits.num_permits() as i32)
-            .wait_time_seconds(self.wait_seconds(remaining))
-            .visibility_timeout(secs(self.shared.config.visibility_timeout))
+            .wait_time_seconds(wait_seconds)
+            .visibility_timeout(secs(config.visibility_timeout))
             .message_attribute_names("All")
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
-            .send()
-            .await;
+            .customize()
+            .config_override(aws_sdk_sqs::config::Builder::new().timeout_config(config.sdk_timeouts(wait)))
+            .send();
+        let received = bounded(config.backstop(wait), "ReceiveMessage", request)
+            .await
+            .and_then(|result| result.map_err(|e| map_sdk(e, "ReceiveMessage")));
         let out = match received {
             Ok(out) => out,
-            Err(e) => {
-                let error = map_sdk(e, "ReceiveMessage");
+            Err(error) => {
                 if error.is_retryable() {
                     // Do not let a caller that retries at once spin against a dead endpoint.
                     tokio::time::sleep_until(deadline).await;
@@ -1032,6 +1097,26 @@ mod tests {
             classify(Some("ReceiptHandleIsInvalid"), false, String::new()),
             Error::NotAccepted(_)
         ));
+    }
+
+    #[test]
+    fn a_long_poll_gets_its_wait_on_top_of_every_bound() {
+        let config = SqsConfig::default();
+        let plain = config.sdk_timeouts(Duration::ZERO);
+        assert_eq!(plain.connect_timeout(), Some(config.connect_timeout));
+        assert_eq!(plain.operation_attempt_timeout(), Some(config.attempt_timeout));
+        assert_eq!(plain.operation_timeout(), Some(config.op_timeout));
+        let polling = config.sdk_timeouts(MAX_WAIT);
+        assert_eq!(
+            polling.operation_attempt_timeout(),
+            Some(MAX_WAIT + config.attempt_timeout)
+        );
+        assert_eq!(polling.operation_timeout(), Some(MAX_WAIT + config.op_timeout));
+        // Our backstop only fires after the SDK's own operation timeout.
+        assert!(config.backstop(Duration::ZERO) > config.op_timeout);
+        assert!(config.backstop(MAX_WAIT) > MAX_WAIT + config.op_timeout);
+        // And in normal operation none fires: SQS answers in tens of milliseconds.
+        assert!(config.attempt_timeout >= Duration::from_secs(5));
     }
 
     #[test]

@@ -118,6 +118,7 @@ pub fn sqs_config() -> SqsConfig {
         visibility_timeout: SQS_VISIBILITY,
         wait_time: Duration::from_secs(20),
         max_receive_count: 10,
+        ..SqsConfig::default()
     }
 }
 
