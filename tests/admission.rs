@@ -17,8 +17,15 @@ fn payment(i: usize) -> Payment {
     common::payment(format!("adm-{i}"), 1 + i, 1 + i, 1_000 + i as i64, false)
 }
 
+const TOKEN: &str = "admission-test-token";
+
 async fn post(http: &reqwest::Client, base: &str, p: &Payment) -> reqwest::Response {
-    http.post(format!("{base}/v1/payments")).json(p).send().await.unwrap()
+    http.post(format!("{base}/v1/payments"))
+        .bearer_auth(TOKEN)
+        .json(p)
+        .send()
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -40,7 +47,10 @@ async fn beyond_the_bound_submissions_get_429_and_leave_nothing_then_admitted_sa
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let router = kessai_service::http::router(stack.coordinator().clone());
+    let router = kessai_service::http::router(
+        stack.coordinator().clone(),
+        kessai_service::http::ApiConfig::dev_admin(TOKEN),
+    );
     let server = tokio::spawn(async move { axum::serve(listener, router).await });
     let http = reqwest::Client::new();
 
@@ -64,11 +74,12 @@ async fn beyond_the_bound_submissions_get_429_and_leave_nothing_then_admitted_sa
             .unwrap();
         assert!((1..=60).contains(&retry_after), "Retry-After {retry_after}");
         let body: serde_json::Value = r.json().await.unwrap();
-        assert_eq!(body["error"], "overloaded", "{body}");
+        assert_eq!(body["error"]["code"], "overloaded", "{body}");
     }
-    // A repeated admitted payment is not new work: it answers with its saga, not 429.
+    // A repeated admitted payment is not new work: it answers with its saga (200, the
+    // original), not 429.
     let again = post(&http, &base, &payment(0)).await;
-    assert_eq!(again.status(), 202);
+    assert_eq!(again.status(), 200);
     let body: serde_json::Value = again.json().await.unwrap();
     assert_eq!(body["created"], false);
 
@@ -79,7 +90,7 @@ async fn beyond_the_bound_submissions_get_429_and_leave_nothing_then_admitted_sa
     assert_eq!(by_state.values().sum::<u64>(), BOUND);
     assert_eq!(by_state.get(&SagaState::Trying), Some(&BOUND));
     let refused_keys: Vec<String> = (BOUND as usize..BOUND as usize + 5)
-        .map(|i| format!("payment:adm-{i}"))
+        .map(|i| format!("admin/payment:adm-{i}"))
         .collect();
     assert!(
         kessai_coordinator::store::by_keys(db, &refused_keys)

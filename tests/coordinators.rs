@@ -363,6 +363,7 @@ async fn insert_saga(db: &DatabaseConnection, now: i64, try_deadline: i64) -> Sa
     let policy = machine::Policy::default();
     let (saga, actions) = Saga::new(id, branches.clone(), now, try_deadline, &policy);
     let new = NewSaga {
+        client: None,
         kind: "generic".into(),
         idempotency_key: None,
         request: "{}".into(),
@@ -377,6 +378,7 @@ async fn insert_saga(db: &DatabaseConnection, now: i64, try_deadline: i64) -> Sa
 
 fn try_ok(branch: u32) -> Event {
     Event::Reply {
+        participant: ["alpha", "beta", "gamma"][branch as usize].to_owned(),
         branch: BranchId(branch),
         operation: Operation::Try,
         attempt: 1,
@@ -553,6 +555,7 @@ async fn running_coordinator_race(dbs: &Databases) {
     let participants = ["alpha", "beta"];
     let submitted = coord_b
         .submit(NewSaga {
+            client: None,
             kind: "generic".into(),
             idempotency_key: Some(format!("{}-race", dbs.prefix)),
             request: "{}".into(),

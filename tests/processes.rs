@@ -78,6 +78,23 @@ async fn four_processes_over_rabbitmq_and_postgres() {
     run(Broker::Amqp).await;
 }
 
+/// The HTTP API's acceptance on the RabbitMQ + PostgreSQL deployment: auth,
+/// idempotency (100 concurrent duplicates included), generic sagas, strict input
+/// leaving no row anywhere, 429s, a database outage answered with 503 and retried.
+#[tokio::test]
+async fn the_api_over_rabbitmq_and_postgres() {
+    let _lock = broker_lock("rabbit", false);
+    if !require_postgres() || !require_rabbitmq() {
+        return;
+    }
+    let mut d = Deployment::new(Broker::Amqp);
+    let outcome = AssertUnwindSafe(api_scenario(&mut d)).catch_unwind().await;
+    d.clean_up(outcome.is_err()).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
 #[tokio::test]
 async fn four_processes_over_sqs_and_postgres() {
     if !require_postgres() || !require_sqs() {
@@ -213,6 +230,19 @@ struct ServiceProcess {
 
 const SERVICES: [&str; 4] = ["coordinator", "balance", "card-issuer", "bank"];
 
+/// The API tokens of every deployment: an operator with every scope, two clients
+/// that may only submit, and a reader.
+const ADMIN_TOKEN: &str = "kt-admin-token-0123456789";
+const CLIENT_A_TOKEN: &str = "kt-client-a-token-0123456789";
+const CLIENT_B_TOKEN: &str = "kt-client-b-token-0123456789";
+const READER_TOKEN: &str = "kt-reader-token-0123456789";
+const TOKENS: &str = concat!(
+    r#"[{name="ops",scopes=["submit","read","admin"],token="kt-admin-token-0123456789"},"#,
+    r#"{name="client-a",scopes=["submit"],token="kt-client-a-token-0123456789"},"#,
+    r#"{name="client-b",scopes=["submit"],token="kt-client-b-token-0123456789"},"#,
+    r#"{name="reader",scopes=["read"],token="kt-reader-token-0123456789"}]"#
+);
+
 impl Deployment {
     fn new(broker: Broker) -> Self {
         let id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
@@ -252,6 +282,12 @@ impl Deployment {
             .env("KESSAI_STORE__MAX_CONNECTIONS", "4")
             .env("KESSAI_HTTP__LISTEN", format!("127.0.0.1:{port}"))
             .env("KESSAI_PARTICIPANT__SEED_DEMO", "true")
+            .env("KESSAI_AUTH__TOKENS", TOKENS)
+            // Every message signed: a forged one on the broker moves nothing.
+            .env(
+                "KESSAI_SECURITY__MESSAGE_KEY",
+                "kt-message-key-0123456789abcdef-0123456789",
+            )
             // CI exports this to every process; the binary's config must ignore it.
             .env("KESSAI_REQUIRE_SERVICES", "1")
             // Generous: only the frozen settlement account may cancel a payment here.
@@ -283,7 +319,7 @@ impl Deployment {
 
     /// Panics (with the service's log) if a process has exited.
     fn assert_running(&mut self) {
-        for p in &mut self.processes {
+        for p in self.processes.iter_mut().filter(|p| p.exited.is_none()) {
             if let Some(status) = p.child.try_wait().unwrap() {
                 p.exited = Some(status);
                 panic!("{} exited early with {status}:\n{}", p.name, tail(&p.log));
@@ -319,6 +355,7 @@ impl Deployment {
 
     /// SIGTERM to every process; each must exit 0 within [`EXIT_WITHIN`].
     async fn stop_gracefully(&mut self) {
+        self.processes.retain(|p| p.exited.is_none());
         for p in &self.processes {
             // SAFETY: kill(2) with a pid we spawned and have not reaped.
             let rc = unsafe { libc::kill(p.child.id() as libc::pid_t, libc::SIGTERM) };
@@ -388,6 +425,18 @@ impl Deployment {
         }
     }
 
+    /// SIGKILL to one service (it stays in the list, marked exited).
+    fn kill(&mut self, name: &str) {
+        for p in self
+            .processes
+            .iter_mut()
+            .filter(|p| p.name == name && p.exited.is_none())
+        {
+            let _ = p.child.kill();
+            p.exited = p.child.wait().ok();
+        }
+    }
+
     fn kill_all(&mut self) {
         for p in &mut self.processes {
             if p.exited.is_none() {
@@ -427,11 +476,27 @@ fn tail(log: &Path) -> String {
     lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
-/// A minimal HTTP/1.1 client (one request per connection): status and JSON body.
+/// A minimal HTTP/1.1 client (one request per connection) with the test's admin
+/// token: status and JSON body.
 async fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> std::io::Result<(u16, Value)> {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    http_with(port, method, path, body, &[("Authorization", &auth)]).await
+}
+
+/// [`http`] with exactly `headers` (no token unless one is among them).
+async fn http_with(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, Value)> {
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
         let mut request = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
         if let Some(body) = body {
             request.push_str(&format!(
                 "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -538,7 +603,7 @@ async fn scenario(d: &mut Deployment) {
     let mut resubmissions = Vec::new();
     for s in submitted.iter().take(10) {
         let (status, answer) = http(api, "POST", "/v1/payments", Some(&s.body)).await.expect("POST");
-        assert_eq!(status, 202, "{}: {answer}", s.payment_id);
+        assert_eq!(status, 200, "{}: {answer}", s.payment_id);
         resubmissions.push(Resubmission {
             first: s.saga_id,
             again: answer["saga_id"].as_str().expect("saga_id").parse().expect("uuid"),
@@ -641,6 +706,434 @@ async fn scenario(d: &mut Deployment) {
     );
 }
 
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+fn payment_body(payment_id: &str, account: u32, amount: i64) -> String {
+    json!({
+        "payment_id": payment_id,
+        "account_id": demo_account_id(account),
+        "card_id": demo_card_id(account),
+        "amount": amount,
+        "currency": "EUR",
+    })
+    .to_string()
+}
+
+/// `POST /v1/payments` as the holder of `token`.
+async fn post_payment(api: u16, token: &str, body: &str) -> (u16, Value) {
+    let auth = bearer(token);
+    http_with(api, "POST", "/v1/payments", Some(body), &[("Authorization", &auth)])
+        .await
+        .expect("POST /v1/payments")
+}
+
+/// `GET /v1/sagas/{id}?wait=` until the saga is over; its view.
+async fn wait_over(api: u16, token: &str, id: &str) -> Value {
+    let auth = bearer(token);
+    let deadline = Instant::now() + TERMINAL_WITHIN;
+    loop {
+        let (status, view) = http_with(
+            api,
+            "GET",
+            &format!("/v1/sagas/{id}?wait=5s"),
+            None,
+            &[("Authorization", &auth)],
+        )
+        .await
+        .expect("GET saga");
+        assert_eq!(status, 200, "{view}");
+        if matches!(view["state"].as_str(), Some("confirmed" | "cancelled")) {
+            return view;
+        }
+        assert!(Instant::now() < deadline, "saga {id} not over: {view}");
+    }
+}
+
+async fn count(db: &sea_orm::DatabaseConnection, sql: &str) -> i64 {
+    use sea_orm::ConnectionTrait;
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            sql.to_owned(),
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .expect("a row");
+    row.try_get_by_index::<i64>(0).unwrap()
+}
+
+/// Rows that a submission would create, in every service's database.
+async fn rows_everywhere(d: &Deployment) -> Vec<(String, i64)> {
+    let server = postgres_url();
+    let mut out = Vec::new();
+    for service in SERVICES {
+        let url = kessai_migrations::postgres_database_url(&server, &d.database(service));
+        let db = kessai_migrations::connect(&url, 1).await.expect("connect");
+        let sql = if service == "coordinator" {
+            "SELECT COUNT(*) FROM sagas"
+        } else {
+            "SELECT COUNT(*) FROM barriers"
+        };
+        out.push((service.to_owned(), count(&db, sql).await));
+        db.close().await.ok();
+    }
+    out
+}
+
+async fn api_scenario(d: &mut Deployment) {
+    for service in SERVICES {
+        d.start_with(
+            service,
+            &[
+                ("KESSAI_HTTP__MAX_IN_FLIGHT", "128"),
+                ("KESSAI_COORDINATOR__MAX_UNFINISHED", "3"),
+                ("KESSAI_COORDINATOR__TRY_TIMEOUT_MS", "60000"),
+            ],
+        );
+    }
+    d.wait_ready().await;
+    let api = d.process("coordinator").port;
+    let run = d.queue_prefix.clone();
+
+    // The OpenAPI document needs no token and lists every route.
+    let (status, doc) = http_with(api, "GET", "/v1/openapi.json", None, &[]).await.unwrap();
+    assert_eq!(status, 200);
+    for path in [
+        "/v1/payments",
+        "/v1/sagas",
+        "/v1/sagas/{id}",
+        "/v1/sagas/{id}/retry",
+        "/v1/stats",
+    ] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} missing from the OpenAPI document"
+        );
+    }
+
+    // 401 without or with an unknown token, 403 with the wrong scope.
+    let body = payment_body(&format!("{run}-auth"), 11, 100);
+    let (status, answer) = http_with(api, "POST", "/v1/payments", Some(&body), &[]).await.unwrap();
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (401, Some("unauthorized")),
+        "{answer}"
+    );
+    assert_eq!(post_payment(api, "kt-nobody-0123456789", &body).await.0, 401);
+    assert_eq!(post_payment(api, READER_TOKEN, &body).await.0, 403);
+    let a = bearer(CLIENT_A_TOKEN);
+    let (status, _) = http_with(api, "GET", "/v1/sagas", None, &[("Authorization", &a)])
+        .await
+        .unwrap();
+    assert_eq!(status, 403, "listing needs read");
+    assert_eq!(rows_everywhere(d).await.iter().map(|(_, n)| n).sum::<i64>(), 0);
+
+    // The happy path, long-polled to confirmed.
+    let first = payment_body(&format!("{run}-p1"), 12, 250);
+    let (status, created) = post_payment(api, CLIENT_A_TOKEN, &first).await;
+    assert_eq!(status, 202, "{created}");
+    let id = created["saga_id"].as_str().unwrap().to_owned();
+    let view = wait_over(api, CLIENT_A_TOKEN, &id).await;
+    assert_eq!(view["state"], "confirmed", "{view}");
+    assert_eq!(view["client"], "client-a");
+
+    // Same key, same body: the original (200). Same key, another body: 409 naming it.
+    let (status, again) = post_payment(api, CLIENT_A_TOKEN, &first).await;
+    assert_eq!((status, again["saga_id"].as_str()), (200, Some(id.as_str())), "{again}");
+    assert_eq!(again["created"], false);
+    let changed = payment_body(&format!("{run}-p1"), 12, 251);
+    let (status, conflict) = post_payment(api, CLIENT_A_TOKEN, &changed).await;
+    assert_eq!(status, 409, "{conflict}");
+    assert_eq!(conflict["error"]["code"], "idempotency_conflict");
+    assert_eq!(conflict["error"]["saga_id"], id.as_str());
+    // The key is the client's own: client-b's same payment_id is another saga, and
+    // client-b cannot read client-a's; a reader can.
+    let (status, other) = post_payment(api, CLIENT_B_TOKEN, &first).await;
+    assert_eq!(status, 202, "{other}");
+    assert_ne!(other["saga_id"], id.as_str());
+    let b = bearer(CLIENT_B_TOKEN);
+    let (status, _) = http_with(api, "GET", &format!("/v1/sagas/{id}"), None, &[("Authorization", &b)])
+        .await
+        .unwrap();
+    assert_eq!(status, 404, "client-b must not see client-a's saga");
+    let r = bearer(READER_TOKEN);
+    let (status, _) = http_with(api, "GET", &format!("/v1/sagas/{id}"), None, &[("Authorization", &r)])
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    wait_over(api, CLIENT_B_TOKEN, other["saga_id"].as_str().unwrap()).await;
+
+    // 100 concurrent duplicates of one request: one saga, one debit.
+    let account = 77;
+    let server = postgres_url();
+    let balance_db = kessai_migrations::connect(
+        &kessai_migrations::postgres_database_url(&server, &d.database("balance")),
+        1,
+    )
+    .await
+    .unwrap();
+    let wallet = format!(
+        "SELECT available FROM wallets WHERE account_id = '{}'",
+        demo_account_id(account)
+    );
+    let before = count(&balance_db, &wallet).await;
+    let dup = payment_body(&format!("{run}-dup"), account, 1_234);
+    // Each client retries a 429 (admission holds a slot per request in flight, and the
+    // bound here is 3) as a real client would; none of them may create a second saga.
+    let answers: Vec<(u16, Value)> = stream::iter(0..100)
+        .map(|_| {
+            let dup = dup.clone();
+            async move {
+                loop {
+                    let (status, answer) = post_payment(api, CLIENT_A_TOKEN, &dup).await;
+                    if status != 429 {
+                        return (status, answer);
+                    }
+                    assert_eq!(answer["error"]["code"], "overloaded", "{answer}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        })
+        .buffer_unordered(100)
+        .collect()
+        .await;
+    let ids: std::collections::BTreeSet<&str> = answers.iter().filter_map(|(_, a)| a["saga_id"].as_str()).collect();
+    assert_eq!(ids.len(), 1, "{answers:?}");
+    assert_eq!(answers.iter().filter(|(s, _)| *s == 202).count(), 1, "one creation");
+    assert!(answers.iter().all(|(s, _)| matches!(s, 200 | 202)), "{answers:?}");
+    let dup_id = ids.into_iter().next().unwrap().to_owned();
+    assert_eq!(wait_over(api, CLIENT_A_TOKEN, &dup_id).await["state"], "confirmed");
+    let freezes = count(
+        &balance_db,
+        &format!("SELECT COUNT(*) FROM wallet_freezes WHERE saga_id = '{dup_id}'"),
+    )
+    .await;
+    assert_eq!(freezes, 1, "one hold for the one saga");
+    assert_eq!(count(&balance_db, &wallet).await, before - 1_234, "one debit");
+    balance_db.close().await.ok();
+
+    // A generic saga over a known participant; unknown participants are refused.
+    let generic = json!({"branches": [{"participant": "balance",
+        "payload": {"account_id": demo_account_id(13), "amount": 40, "currency": "EUR"}}]})
+    .to_string();
+    let key = format!("{run}-g1");
+    let auth = bearer(CLIENT_A_TOKEN);
+    let with_key = [("Authorization", auth.as_str()), ("Idempotency-Key", key.as_str())];
+    let (status, g) = http_with(api, "POST", "/v1/sagas", Some(&generic), &with_key)
+        .await
+        .unwrap();
+    assert_eq!(status, 202, "{g}");
+    let g_id = g["saga_id"].as_str().unwrap().to_owned();
+    let view = wait_over(api, CLIENT_A_TOKEN, &g_id).await;
+    assert_eq!(
+        (view["state"].as_str(), view["kind"].as_str()),
+        (Some("confirmed"), Some("generic"))
+    );
+    let (status, _) = http_with(api, "POST", "/v1/sagas", Some(&generic), &with_key)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+
+    // Every bad input gets its 4xx and leaves no row in any database.
+    let rows = rows_everywhere(d).await;
+    let nul = payment_body(&format!("{run}-nul\u{0}"), 14, 5);
+    let long = payment_body(&"x".repeat(129), 14, 5);
+    let huge = payment_body(&format!("{run}-huge"), 14, 100_000_000_001);
+    let extra = json!({"payment_id": format!("{run}-x"), "account_id": "acct-1", "card_id": "card-1",
+        "amount": 5, "currency": "EUR", "tip": 1})
+    .to_string();
+    let big = json!({"payment_id": "x".repeat(70_000)}).to_string();
+    for (body, status, code) in [
+        (nul.as_str(), 422, "invalid_request"),
+        (long.as_str(), 422, "invalid_request"),
+        (huge.as_str(), 422, "invalid_request"),
+        (extra.as_str(), 422, "invalid_request"),
+        ("{not json", 400, "malformed_json"),
+        (big.as_str(), 413, "payload_too_large"),
+    ] {
+        let (got, answer) = post_payment(api, CLIENT_A_TOKEN, body).await;
+        assert_eq!(
+            (got, answer["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{answer}"
+        );
+    }
+    let unknown = json!({"branches": [{"participant": "casino", "payload": {}}]}).to_string();
+    let key2 = format!("{run}-g2");
+    let with_key2 = [("Authorization", auth.as_str()), ("Idempotency-Key", key2.as_str())];
+    let (status, answer) = http_with(api, "POST", "/v1/sagas", Some(&unknown), &with_key2)
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (422, Some("unknown_participant")),
+        "{answer}"
+    );
+    assert_eq!(answer["error"]["field"], "branches[0].participant");
+    let bad_payload = json!({"branches": [{"participant": "balance", "payload": {"amount": "lots"}}]}).to_string();
+    let (status, answer) = http_with(api, "POST", "/v1/sagas", Some(&bad_payload), &with_key2)
+        .await
+        .unwrap();
+    assert_eq!(status, 422, "{answer}");
+    let (status, answer) = http_with(api, "POST", "/v1/sagas", Some(&generic), &[("Authorization", &auth)])
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, answer["error"]["field"].as_str()),
+        (422, Some("Idempotency-Key")),
+        "{answer}"
+    );
+    assert_eq!(rows_everywhere(d).await, rows, "bad input created rows");
+
+    // Admission: with the bank down, sagas stay in try; beyond 3 unfinished → 429.
+    d.kill("bank");
+    let mut held = Vec::new();
+    for i in 0..3 {
+        let (status, answer) = post_payment(
+            api,
+            CLIENT_A_TOKEN,
+            &payment_body(&format!("{run}-held-{i}"), 20 + i, 10),
+        )
+        .await;
+        assert_eq!(status, 202, "{answer}");
+        held.push(answer["saga_id"].as_str().unwrap().to_owned());
+    }
+    let rows = rows_everywhere(d).await;
+    let (status, answer) = post_payment(api, CLIENT_A_TOKEN, &payment_body(&format!("{run}-held-x"), 30, 10)).await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (429, Some("overloaded")),
+        "{answer}"
+    );
+    assert_eq!(rows_everywhere(d).await, rows, "a refused saga created rows");
+    // The in-flight bound: more long polls than it allows get 429 at once.
+    let polls: Vec<(u16, Value)> = stream::iter(0..200)
+        .map(|_| {
+            let path = format!("/v1/sagas/{}?wait=3s", held[0]);
+            async move {
+                let auth = bearer(ADMIN_TOKEN);
+                http_with(api, "GET", &path, None, &[("Authorization", &auth)])
+                    .await
+                    .unwrap()
+            }
+        })
+        .buffer_unordered(200)
+        .collect()
+        .await;
+    let too_many: Vec<&Value> = polls.iter().filter(|(s, _)| *s == 429).map(|(_, a)| a).collect();
+    assert!(
+        too_many.len() >= 72,
+        "200 long polls over a bound of 128: {} refused",
+        too_many.len()
+    );
+    assert_eq!(too_many[0]["error"]["code"], "too_many_requests", "{}", too_many[0]);
+    // An operator retry is recorded with who did it.
+    let admin = bearer(ADMIN_TOKEN);
+    let (status, retried) = http_with(
+        api,
+        "POST",
+        &format!("/v1/sagas/{}/retry", held[0]),
+        Some(r#"{"reason":"bank restarted"}"#),
+        &[("Authorization", &admin), ("Content-Type", "application/json")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{retried}");
+    d.start("bank");
+    for id in &held {
+        let view = wait_over(api, ADMIN_TOKEN, id).await;
+        assert_eq!(view["state"], "confirmed", "{view}");
+    }
+    let view = wait_over(api, ADMIN_TOKEN, &held[0]).await;
+    assert!(
+        view["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["actor"]["named_operator"] == "ops" && e["reason"] == "bank restarted"),
+        "the retry is in the timeline with its operator: {view}"
+    );
+    let (status, answer) = http_with(
+        api,
+        "POST",
+        &format!("/v1/sagas/{}/retry", held[0]),
+        None,
+        &[("Authorization", &admin)],
+    )
+    .await
+    .unwrap();
+    assert_eq!((status, answer["error"]["code"].as_str()), (409, Some("saga_finished")));
+    let (status, page) = http_with(
+        api,
+        "GET",
+        "/v1/sagas?state=confirmed&limit=2",
+        None,
+        &[("Authorization", &r)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["sagas"].as_array().unwrap().len(), 2);
+    let cursor = page["next_cursor"]
+        .as_str()
+        .expect("more than 2 confirmed sagas")
+        .to_owned();
+    let (_, next) = http_with(
+        api,
+        "GET",
+        &format!("/v1/sagas?state=confirmed&limit=2&cursor={cursor}"),
+        None,
+        &[("Authorization", &r)],
+    )
+    .await
+    .unwrap();
+    assert!(next["sagas"][0]["id"].as_str().unwrap() < cursor.as_str(), "{next}");
+
+    // The coordinator's database goes away mid-request: 503 (retryable, no SQL text),
+    // and the client's retry succeeds once it is back.
+    let admin_db = kessai_migrations::connect(&kessai_migrations::postgres_database_url(&server, "postgres"), 1)
+        .await
+        .unwrap();
+    let coordinator_db = d.database("coordinator");
+    use sea_orm::ConnectionTrait;
+    admin_db
+        .execute_unprepared(&format!("ALTER DATABASE {coordinator_db} ALLOW_CONNECTIONS false"))
+        .await
+        .unwrap();
+    admin_db
+        .execute_unprepared(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{coordinator_db}'"
+        ))
+        .await
+        .unwrap();
+    let outage = payment_body(&format!("{run}-outage"), 40, 60);
+    let (status, answer) = post_payment(api, CLIENT_A_TOKEN, &outage).await;
+    admin_db
+        .execute_unprepared(&format!("ALTER DATABASE {coordinator_db} ALLOW_CONNECTIONS true"))
+        .await
+        .unwrap();
+    admin_db.close().await.ok();
+    assert_eq!(status, 503, "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap_or_default().to_lowercase();
+    assert!(!message.contains("sql") && !message.contains("connection"), "{answer}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let retried = loop {
+        let (status, answer) = post_payment(api, CLIENT_A_TOKEN, &outage).await;
+        if status == 202 || status == 200 {
+            break answer;
+        }
+        assert_eq!(status, 503, "{answer}");
+        assert!(Instant::now() < deadline, "the retry never succeeded: {answer}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let view = wait_over(api, CLIENT_A_TOKEN, retried["saga_id"].as_str().unwrap()).await;
+    assert_eq!(view["state"], "confirmed", "{view}");
+
+    d.stop_gracefully().await;
+}
+
 /// Bad input gets a 4xx with a JSON error the client can act on, never a 5xx.
 async fn client_errors_are_clear(api: u16) {
     let cases: [(&str, &str, Option<&str>, u16, &str); 9] = [
@@ -672,14 +1165,14 @@ async fn client_errors_are_clear(api: u16) {
             "/v1/sagas/0190d9a4-6b2e-7000-8000-000000000000?wait=forever",
             None,
             400,
-            "invalid_wait",
+            "invalid_query",
         ),
         (
             "GET",
             "/v1/sagas/0190d9a4-6b2e-7000-8000-000000000000?wait=1h",
             None,
             400,
-            "invalid_wait",
+            "invalid_query",
         ),
         (
             "GET",
@@ -699,10 +1192,13 @@ async fn client_errors_are_clear(api: u16) {
     for (method, path, body, status, code) in cases {
         let (got, answer) = http(api, method, path, body).await.expect("HTTP");
         assert_eq!(
-            (got, answer["error"].as_str()),
+            (got, answer["error"]["code"].as_str()),
             (status, Some(code)),
             "{method} {path} {body:?}: {answer}"
         );
-        assert!(answer["message"].as_str().is_some_and(|m| !m.is_empty()), "{answer}");
+        assert!(
+            answer["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{answer}"
+        );
     }
 }

@@ -21,6 +21,7 @@ fn new_saga(policy: &Policy) -> Saga {
 
 fn reply(branch: u32, operation: Operation) -> Event {
     Event::Reply {
+        participant: ["balance", "card-issuer", "bank"][branch as usize].to_owned(),
         branch: BranchId(branch),
         operation,
         attempt: 1,

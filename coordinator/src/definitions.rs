@@ -21,6 +21,8 @@ pub struct SagaPlan {
     pub idempotency_key: Option<String>,
     /// (participant, payload) in branch order.
     pub branches: Vec<(String, serde_json::Value)>,
+    /// The try deadline the request asks for, if it names one.
+    pub try_timeout: Option<std::time::Duration>,
 }
 
 /// One kind of saga.
@@ -51,6 +53,7 @@ impl PaymentSaga {
                 .into_iter()
                 .map(|(participant, payload)| (participant.to_owned(), payload))
                 .collect(),
+            try_timeout: None,
         })
     }
 }
@@ -72,7 +75,8 @@ impl SagaDefinition for PaymentSaga {
 pub type BranchCheck = Arc<dyn Fn(&str, &serde_json::Value) -> Result<(), String> + Send + Sync>;
 
 /// `generic`: `{"key": "optional idempotency key", "branches": [{"participant":
-/// "...", "payload": {...}}, ...]}`.
+/// "...", "payload": {...}}, ...], "try_timeout_ms": 10000}` (`try_timeout_ms`
+/// optional, 1 to [`GenericSaga::MAX_TRY_TIMEOUT_MS`]).
 #[derive(Clone, Default)]
 pub struct GenericSaga {
     check: Option<BranchCheck>,
@@ -84,6 +88,8 @@ struct GenericRequest {
     #[serde(default)]
     key: Option<String>,
     branches: Vec<GenericBranch>,
+    #[serde(default)]
+    try_timeout_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -97,6 +103,9 @@ impl GenericSaga {
     pub const KIND: &'static str = "generic";
     /// More branches than this is a mistake, not a saga.
     pub const MAX_BRANCHES: usize = 64;
+    /// The longest try deadline a request may ask for (5 minutes): holds are
+    /// reservations of other people's money, not parking spots.
+    pub const MAX_TRY_TIMEOUT_MS: u64 = 300_000;
 
     /// A generic saga whose branches `check` accepts.
     pub fn checked(check: BranchCheck) -> Self {
@@ -123,6 +132,14 @@ impl SagaDefinition for GenericSaga {
         {
             return Err("key must not be empty when given".into());
         }
+        if let Some(ms) = r.try_timeout_ms
+            && !(1..=Self::MAX_TRY_TIMEOUT_MS).contains(&ms)
+        {
+            return Err(format!(
+                "try_timeout_ms must be 1 to {}, got {ms}",
+                Self::MAX_TRY_TIMEOUT_MS
+            ));
+        }
         for (i, b) in r.branches.iter().enumerate() {
             if b.participant.trim().is_empty() {
                 return Err(format!("branch {i}: participant must not be empty"));
@@ -134,6 +151,7 @@ impl SagaDefinition for GenericSaga {
         Ok(SagaPlan {
             idempotency_key: r.key.map(|k| format!("generic:{k}")),
             branches: r.branches.into_iter().map(|b| (b.participant, b.payload)).collect(),
+            try_timeout: r.try_timeout_ms.map(std::time::Duration::from_millis),
         })
     }
 }

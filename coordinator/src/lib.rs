@@ -38,7 +38,7 @@ pub use clock::{Clock, ManualClock, SystemClock, TokioClock};
 pub use definitions::{BranchCheck, GenericSaga, PaymentSaga, SagaDefinition, SagaDefinitions, SagaPlan};
 pub use engine::{Admission, AdmissionLimit, Coordinator, CoordinatorConfig, CoordinatorTasks, EngineStats, Submitted};
 pub use machine::{Policy, SagaState};
-pub use store::{NewSaga, SagaView};
+pub use store::{NewSaga, SagaFilter, SagaSummary, SagaView};
 
 /// The coordinator's errors. [`Error::is_retryable`] decides requeue versus
 /// dead-letter for the message being handled.
@@ -58,6 +58,10 @@ pub enum Error {
     /// created; the client may try again after `retry_after`.
     #[error("too many unfinished sagas; retry in {retry_after:?}")]
     Overloaded { retry_after: std::time::Duration },
+    /// The idempotency key names saga `saga_id`, created from another request.
+    /// Nothing was created.
+    #[error("the idempotency key names saga {saga_id}, submitted with another request")]
+    IdempotencyConflict { saga_id: kessai_messages::SagaId },
 }
 
 impl Error {
@@ -65,7 +69,7 @@ impl Error {
         match self {
             Error::Db(_) | Error::ShuttingDown | Error::Overloaded { .. } => true,
             Error::Transport(e) => e.is_retryable(),
-            Error::Corrupt(_) | Error::Invalid(_) => false,
+            Error::Corrupt(_) | Error::Invalid(_) | Error::IdempotencyConflict { .. } => false,
         }
     }
 }

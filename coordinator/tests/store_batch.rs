@@ -62,6 +62,7 @@ fn new_sagas(n: usize) -> Vec<(NewSaga, Saga, Vec<Action>)> {
                 .collect();
             let (saga, actions) = Saga::new(SagaId::new(), branches.clone(), NOW, NOW + 60_000, &policy);
             let new = NewSaga {
+                client: None,
                 kind: "generic".into(),
                 idempotency_key: (i % 2 == 0).then(|| format!("key-{i}-{}", saga.id)),
                 request: serde_json::json!({ "i": i }).to_string(),
@@ -101,6 +102,7 @@ fn transition(before: &Loaded, replies: &[Reply], now: i64) -> (Saga, Vec<Action
         .iter()
         .fold(start, |(saga, mut actions), (branch, operation, outcome)| {
             let event = Event::Reply {
+                participant: saga.branches[*branch as usize].participant.clone(),
                 branch: BranchId(*branch),
                 operation: *operation,
                 attempt: 1,

@@ -277,6 +277,7 @@ async fn measure(
         .context("no coordinator")?;
     let base = format!("http://127.0.0.1:{coordinator_port}");
     let client = reqwest::Client::builder()
+        .default_headers(crate::chaos::processes::api_headers(config)?)
         .pool_max_idle_per_host(opts.concurrency.max(64))
         .build()?;
     let probe = ProcessProbe {

@@ -2,7 +2,7 @@
 //!
 //! Everything that proves kessai rather than runs it in production. The `kessai`
 //! binary links it behind its default `harness` feature; a deployment build
-//! (`--no-default-features --features amqp,sqs`) leaves it, reqwest and libc out.
+//! (`--no-default-features --features amqp,sqs`) leaves it and libc out.
 //!
 //! ## Layout
 //! - [`stack`]: the embedded stack — the coordinator and every registered participant
@@ -21,6 +21,8 @@
 //!   the barrier records.
 //! - [`invariants`]: the invariants of `docs/GUARANTEES.md`, checked from the
 //!   coordinator's outcomes and each participant's own books.
+//! - [`serve`]: `kessai serve` — the embedded stack behind the HTTP API, with one
+//!   development token, for trying kessai out with `curl` and `kessai saga …`.
 //! - [`cli`]: the flags of `kessai demo` and `kessai bench`.
 
 pub mod bench;
@@ -30,4 +32,5 @@ pub mod cli;
 pub mod demo;
 pub mod invariants;
 pub mod procstat;
+pub mod serve;
 pub mod stack;

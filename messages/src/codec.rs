@@ -57,6 +57,7 @@ impl Envelope {
         if self.attempt == 0 {
             return Err(DecodeError::Invalid("attempt must be at least 1".into()));
         }
+        crate::limits::check_headers(&self.headers).map_err(DecodeError::Invalid)?;
         match &self.body {
             Body::Command(c) => {
                 if c.participant.trim().is_empty() {
@@ -139,6 +140,27 @@ mod tests {
         let mut e = sample();
         e.attempt = 0;
         assert!(matches!(Envelope::decode(&e.encode()), Err(DecodeError::Invalid(_))));
+    }
+
+    #[test]
+    fn headers_beyond_the_limits_are_invalid() {
+        let mut e = sample();
+        e.headers.insert("n".repeat(300), "v".into());
+        let err = Envelope::decode(&e.encode()).unwrap_err();
+        assert!(
+            matches!(&err, DecodeError::Invalid(r) if r.contains("300 bytes")),
+            "{err}"
+        );
+        let mut e = sample();
+        e.headers.insert("note".into(), "line\nbreak".into());
+        assert!(matches!(Envelope::decode(&e.encode()), Err(DecodeError::Invalid(_))));
+        let mut e = sample();
+        e.headers.extend((0..40).map(|i| (format!("h{i}"), "v".to_owned())));
+        assert!(matches!(Envelope::decode(&e.encode()), Err(DecodeError::Invalid(_))));
+        // A reply carries its command's headers: the same limits.
+        let mut r = sample().reply("bank", Outcome::Ok);
+        r.headers.insert("bad name".into(), "v".into());
+        assert!(matches!(Envelope::decode(&r.encode()), Err(DecodeError::Invalid(_))));
     }
 
     proptest::proptest! {

@@ -11,6 +11,10 @@
 //! - [`codec`]: `Envelope::encode` / [`Envelope::decode`]; decoding checks the schema
 //!   version first and validates the envelope, returning a typed [`DecodeError`] that the
 //!   transports turn into a dead-letter reason.
+//! - [`limits`]: bounds on headers (count, name, value), shared by the envelope's own
+//!   headers and the broker-level ones each service checks on receipt.
+//! - [`signing`]: optional HMAC-SHA256 signatures of payloads with a shared
+//!   [`MessageKey`], carried in the [`SIGNATURE_HEADER`] broker header.
 //! - [`payment`]: the payment request and the payloads the reference participants
 //!   (balance, card-issuer, bank) understand, with their validation.
 //!
@@ -22,9 +26,12 @@
 pub mod codec;
 pub mod envelope;
 pub mod ids;
+pub mod limits;
 pub mod payment;
+pub mod signing;
 
 pub use codec::DecodeError;
 pub use envelope::{Body, Command, Envelope, Operation, Outcome, Reply, SCHEMA_VERSION};
 pub use ids::{BranchId, MessageId, SagaId};
 pub use payment::{Currency, Payment, PaymentError};
+pub use signing::{KeyTooShort, MessageKey, SIGNATURE_HEADER};

@@ -48,8 +48,10 @@ where
 /// and balance's command queue.
 async fn balance_runtime(
     db: &DatabaseConnection,
-    config: RuntimeConfig,
+    mut config: RuntimeConfig,
 ) -> (ParticipantRuntime<BalanceParticipant>, MemoryTransport, String) {
+    // The commands these tests send answer to the test's own reply queue.
+    config.extra_reply_queues.push(common::REPLY_QUEUE.into());
     let (transport, queue) = balance_queue().await;
     let runtime = ParticipantRuntime::with_config(BalanceParticipant, db.clone(), Arc::new(transport.clone()), config);
     (runtime, transport, queue)

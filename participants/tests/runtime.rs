@@ -53,6 +53,8 @@ impl Harness {
             poll_wait: Duration::from_millis(50),
             retry_delay: Duration::from_millis(20),
             error_backoff: Duration::from_millis(10),
+            // The commands these tests send answer to the test's own reply queue.
+            extra_reply_queues: vec![REPLY_QUEUE.into()],
             ..RuntimeConfig::default()
         }
     }

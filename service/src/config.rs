@@ -3,6 +3,7 @@
 //! `KESSAI_STORE__POSTGRES_URL=...`). Credentials are `SecretString`s: they never
 //! print, not even in `Debug`.
 
+use crate::http::TokenSettings;
 use anyhow::Context;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -47,6 +48,10 @@ pub struct Config {
     pub coordinator: CoordinatorSettings,
     pub participant: ParticipantSettings,
     pub http: HttpSettings,
+    /// Who may call the HTTP API (`[[auth.tokens]]`).
+    pub auth: AuthSettings,
+    /// Message signing between the coordinator and the participants.
+    pub security: SecuritySettings,
     /// Fault injection, for chaos runs only; off unless a probability is set.
     pub faults: FaultSettings,
 }
@@ -60,6 +65,8 @@ impl Default for Config {
             coordinator: CoordinatorSettings::default(),
             participant: ParticipantSettings::default(),
             http: HttpSettings::default(),
+            auth: AuthSettings::default(),
+            security: SecuritySettings::default(),
             faults: FaultSettings::default(),
         }
     }
@@ -185,16 +192,57 @@ impl Default for ParticipantSettings {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpSettings {
-    /// Where `/healthz` (and later the API) listens.
+    /// Where `/healthz` (and on the coordinator the API) listens.
     pub listen: String,
+    /// Largest request body; larger gets 413.
+    pub max_body_bytes: usize,
+    /// Requests served at once; beyond it 429 with `Retry-After`.
+    pub max_in_flight: usize,
+    /// A request still running after this gets 503 (longer than the longest `?wait=`).
+    pub request_timeout_ms: u64,
 }
 
 impl Default for HttpSettings {
     fn default() -> Self {
+        let limits = crate::http::Limits::default();
         Self {
             listen: "127.0.0.1:8080".into(),
+            max_body_bytes: limits.max_body_bytes,
+            max_in_flight: limits.max_in_flight,
+            request_timeout_ms: limits.request_timeout.as_millis() as u64,
         }
     }
+}
+
+/// `[auth]`: the API's bearer tokens.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// `/metrics` without a token (true) or behind the `read` scope (false).
+    pub metrics_public: bool,
+    /// `[[auth.tokens]]`: name, scopes, and `token` or `sha256`. None: every API
+    /// request is refused (401).
+    pub tokens: Vec<TokenSettings>,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            metrics_public: true,
+            tokens: Vec::new(),
+        }
+    }
+}
+
+/// `[security]`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecuritySettings {
+    /// A key shared by the coordinator and the participants: every message is signed
+    /// (HMAC-SHA256) and a message without a valid signature is dead-lettered before
+    /// it is decoded. At least 32 characters. Unset: messages are not signed.
+    #[serde(serialize_with = "expose_opt")]
+    pub message_key: Option<SecretString>,
 }
 
 /// Faults a service injects into what it publishes (see `kessai_transport::faults`).
@@ -301,8 +349,44 @@ impl Config {
         ] {
             anyhow::ensure!(v > 0, "coordinator.{name} must be positive");
         }
+        anyhow::ensure!(
+            self.http.max_body_bytes >= 1024,
+            "http.max_body_bytes must be at least 1024"
+        );
+        anyhow::ensure!(self.http.max_in_flight > 0, "http.max_in_flight must be positive");
+        anyhow::ensure!(
+            self.http.request_timeout_ms > crate::http::MAX_WAIT.as_millis() as u64,
+            "http.request_timeout_ms must be longer than the longest ?wait= ({} ms)",
+            crate::http::MAX_WAIT.as_millis()
+        );
+        self.api_auth().map_err(|e| anyhow::anyhow!(e))?;
+        if let Some(key) = &self.security.message_key {
+            anyhow::ensure!(
+                key.expose_secret().chars().count() >= 32,
+                "security.message_key must be at least 32 characters"
+            );
+        }
         self.faults.fault_config()?;
         Ok(())
+    }
+
+    /// The API's tokens, checked.
+    pub fn api_auth(&self) -> Result<crate::http::Auth, String> {
+        crate::http::Auth::from_settings(&self.auth.tokens)
+    }
+
+    /// The API's configuration: tokens, limits, and the participants generic sagas
+    /// may name (`participants`).
+    pub fn api_config(&self, participants: &Registry) -> anyhow::Result<crate::http::ApiConfig> {
+        Ok(crate::http::ApiConfig {
+            auth: self.api_auth().map_err(|e| anyhow::anyhow!(e))?,
+            limits: crate::http::Limits {
+                max_body_bytes: self.http.max_body_bytes,
+                max_in_flight: self.http.max_in_flight,
+                request_timeout: Duration::from_millis(self.http.request_timeout_ms),
+            },
+            participants: participants.names().into_iter().map(str::to_owned).collect(),
+        })
     }
 
     pub fn topology(&self) -> Topology {
@@ -338,8 +422,18 @@ impl Config {
             // Generic sagas may name only registered participants, with payloads
             // they accept: refused at submission, not dead-lettered later.
             definitions: SagaDefinitions::default().with(GenericSaga::checked(Registry::reference().branch_check())),
+            message_key: self.message_key(),
             ..CoordinatorConfig::default()
         }
+    }
+
+    /// The key messages are signed with, if `[security] message_key` is set (its
+    /// length is checked by [`Config::validate`]).
+    pub fn message_key(&self) -> Option<kessai_messages::MessageKey> {
+        self.security
+            .message_key
+            .as_ref()
+            .and_then(|k| kessai_messages::MessageKey::new(k.expose_secret().as_bytes().to_vec()).ok())
     }
 
     pub fn participant_config(&self) -> RuntimeConfig {
@@ -347,6 +441,7 @@ impl Config {
             topology: self.topology(),
             batch_size: self.participant.batch_size,
             workers: self.participant.workers.max(1),
+            message_key: self.message_key(),
             ..RuntimeConfig::default()
         }
     }
@@ -470,6 +565,43 @@ mod tests {
             let e = Config::load(None).unwrap_err();
             assert!(format!("{e:#}").contains("queue_prefix"), "{e:#}");
             assert!(Config::load(Some(Path::new("missing.toml"))).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn tokens_come_from_the_file_or_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "kessai.toml",
+                "[[auth.tokens]]\nname = \"checkout\"\nscopes = [\"submit\"]\ntoken = \"checkout-secret-0123456789\"\n",
+            )?;
+            let c = Config::load(Some(Path::new("kessai.toml"))).map_err(|e| e.to_string())?;
+            let auth = c.api_auth().unwrap();
+            assert_eq!(
+                auth.authenticate("checkout-secret-0123456789").map(|p| &*p.name),
+                Some("checkout")
+            );
+            assert!(!format!("{c:?}").contains("checkout-secret"), "tokens never print");
+            jail.set_env(
+                "KESSAI_AUTH__TOKENS",
+                r#"[{name="ops",scopes=["read","admin"],token="ops-secret-0123456789"}]"#,
+            );
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            let ops = c.api_auth().unwrap();
+            let who = ops
+                .authenticate("ops-secret-0123456789")
+                .expect("token from the environment");
+            assert!(who.has(crate::http::Scope::Admin) && !who.has(crate::http::Scope::Submit));
+            jail.set_env(
+                "KESSAI_AUTH__TOKENS",
+                r#"[{name="ops",scopes=["root"],token="ops-secret-0123456789"}]"#,
+            );
+            let e = Config::load(None).unwrap_err();
+            assert!(format!("{e:#}").contains("root"), "{e:#}");
+            jail.set_env("KESSAI_AUTH__TOKENS", r#"[{name="ops",scopes=["read"],token="short"}]"#);
+            let e = Config::load(None).unwrap_err();
+            assert!(format!("{e:#}").contains("at least 16"), "{e:#}");
             Ok(())
         });
     }

@@ -19,7 +19,6 @@
 use crate::http::ApiError;
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
-use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use kessai_transport::{FaultConfig, FaultCounters, FaultyTransport, Transport};
@@ -89,15 +88,13 @@ async fn switch(
     State(faults): State<Faults>,
     body: Result<Json<Switch>, JsonRejection>,
 ) -> Result<Json<FaultStatus>, ApiError> {
-    let Json(Switch { enabled }) = body?;
+    let Json(Switch { enabled }) = body.map_err(|e| ApiError::new(e.status(), "invalid_request", e.body_text()))?;
     faults.set_enabled(enabled);
     if !enabled {
-        faults.release_held().await.map_err(|e| ApiError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            code: "unavailable",
-            message: format!("faults are off, but releasing held messages failed: {e}"),
-            retry_after: None,
-        })?;
+        faults
+            .release_held()
+            .await
+            .map_err(|e| ApiError::unavailable(format!("faults are off, but releasing held messages failed: {e}")))?;
     }
     tracing::warn!(enabled, "fault injection switched");
     Ok(Json(status_of(&faults)))

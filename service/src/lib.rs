@@ -11,11 +11,12 @@
 //!   database → transport (waiting for the broker) → run until SIGTERM → graceful
 //!   stop, reporting how each task ended.
 //! - [`health`]: `/healthz` (database and transport checks), served by every process.
-//! - [`http`]: the coordinator's HTTP API (`/v1/payments`, `/v1/sagas/{id}`,
-//!   `/v1/stats`), merged into the health router by [`service`].
+//! - [`http`]: the coordinator's HTTP API (`/v1/payments`, `/v1/sagas`, retry,
+//!   `/v1/stats`, `/v1/openapi.json`) with bearer-token auth, strict input and limits,
+//!   merged into the health router by [`service`].
 //! - [`fault_control`]: fault injection inside a service process (`[faults]`, off
-//!   unless configured) and its `GET|PUT /v1/faults` switch, which `kessai chaos`
-//!   drives over real brokers.
+//!   unless configured) and its `GET|PUT /v1/faults` switch (scope `admin`), which
+//!   `kessai chaos` drives over real brokers.
 //! - [`telemetry`]: logging set-up.
 //! - [`units`]: duration parsing shared by the CLI and the HTTP API.
 //!

@@ -98,9 +98,11 @@ pub async fn run_coordinator_in(registry: &Registry, args: CoordinatorArgs) -> a
     )
     .await
     .context("starting the coordinator")?;
+    let api = config.api_config(registry)?;
+    let admin = api.auth.clone();
     let router = health::router(Health::new("coordinator", db.clone(), transport, reply_queue))
-        .merge(crate::http::router(coordinator))
-        .merge(faults.map(fault_control::router).unwrap_or_default());
+        .merge(crate::http::router(coordinator, api))
+        .merge(fault_router(faults, admin));
     supervise("coordinator", tasks, listener, router, stop, db).await
 }
 
@@ -134,9 +136,17 @@ pub async fn run_participant_in(registry: &Registry, args: ParticipantArgs) -> a
     let (transport, faults) = fault_control::wrap(p.name(), transport, config.faults.fault_config()?)?;
     let listener = bind(&config.http.listen).await?;
     let tasks = p.start(db.clone(), transport.clone(), config.participant_config());
-    let router = health::router(Health::new(p.name(), db.clone(), transport, queue))
-        .merge(faults.map(fault_control::router).unwrap_or_default());
+    let admin = config.api_auth().map_err(|e| anyhow::anyhow!(e))?;
+    let router = health::router(Health::new(p.name(), db.clone(), transport, queue)).merge(fault_router(faults, admin));
     supervise(p.name(), tasks, listener, router, stop, db).await
+}
+
+/// The chaos fault switch, if faults are configured: behind the `admin` scope.
+fn fault_router(faults: Option<fault_control::Faults>, auth: crate::http::Auth) -> axum::Router {
+    match faults {
+        Some(faults) => crate::http::require_scope(fault_control::router(faults), auth, crate::http::Scope::Admin),
+        None => axum::Router::new(),
+    }
 }
 
 fn load_config(file: Option<PathBuf>, service: &str) -> anyhow::Result<Config> {
@@ -151,7 +161,8 @@ fn load_config(file: Option<PathBuf>, service: &str) -> anyhow::Result<Config> {
 }
 
 /// Fires the returned token on the first SIGTERM or SIGINT; a second one exits at once.
-fn watch_signals() -> anyhow::Result<CancellationToken> {
+/// (Also `kessai serve`'s.)
+pub fn watch_signals() -> anyhow::Result<CancellationToken> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let stop = CancellationToken::new();

@@ -54,7 +54,7 @@ async fn commit_batch(inner: &Inner, batch: Vec<Request>) {
         Ok(results) => {
             inner.outbox_ready.notify_one();
             for (r, res) in batch.into_iter().zip(results) {
-                let _ = r.reply.send(Ok(res));
+                let _ = r.reply.send(res);
             }
         }
         Err(e) if batch.len() > 1 => {
@@ -65,7 +65,7 @@ async fn commit_batch(inner: &Inner, batch: Vec<Request>) {
                 let res = insert_all(inner, &[&r.new])
                     .instrument(span.clone())
                     .await
-                    .map(|mut v| v.remove(0));
+                    .and_then(|mut v| v.remove(0));
                 if res.is_ok() {
                     inner.outbox_ready.notify_one();
                 }
@@ -73,8 +73,10 @@ async fn commit_batch(inner: &Inner, batch: Vec<Request>) {
             }
         }
         Err(e) => {
-            for r in batch {
-                let _ = r.reply.send(Err(Error::Invalid(e.to_string())));
+            // The one request of the batch: its error as it is — a database failure
+            // stays retryable (the API answers 503), it is not the client's mistake.
+            if let Some(r) = batch.into_iter().next() {
+                let _ = r.reply.send(Err(e));
             }
         }
     }
@@ -82,22 +84,20 @@ async fn commit_batch(inner: &Inner, batch: Vec<Request>) {
 
 /// Creates the sagas of `requests` in one transaction; a request whose idempotency
 /// key names a saga (in the database, or earlier in the same batch) gets that saga
-/// back with `created: false`. The new sagas are written by one
+/// back with `created: false` if it is the same request, and
+/// [`Error::IdempotencyConflict`] if not. The new sagas are written by one
 /// [`store::insert_many`], about four statements for the whole batch.
-async fn insert_all(inner: &Inner, requests: &[&NewSaga]) -> Result<Vec<Submitted>, Error> {
+async fn insert_all(inner: &Inner, requests: &[&NewSaga]) -> Result<Vec<Result<Submitted, Error>>, Error> {
     let now = inner.clock.now_ms();
     let pacing = inner.stats.pacing();
     let txn = inner.db.begin().await?;
     let keys: Vec<String> = requests.iter().filter_map(|r| r.idempotency_key.clone()).collect();
-    let mut known: HashMap<String, SagaId> = store::by_keys(&txn, &keys).await?;
+    let mut known: HashMap<String, store::Existing> = store::existing(&txn, &keys).await?;
     let mut out = Vec::with_capacity(requests.len());
     let mut fresh: Vec<(&NewSaga, Saga, Vec<Action>)> = Vec::with_capacity(requests.len());
     for &new in requests {
-        if let Some(id) = new.idempotency_key.as_ref().and_then(|k| known.get(k)) {
-            out.push(Submitted {
-                saga_id: *id,
-                created: false,
-            });
+        if let Some(existing) = new.idempotency_key.as_ref().and_then(|k| known.get(k)) {
+            out.push(super::repeated(existing, new));
             continue;
         }
         let id = SagaId::new();
@@ -111,12 +111,18 @@ async fn insert_all(inner: &Inner, requests: &[&NewSaga]) -> Result<Vec<Submitte
         );
         fresh.push((new, saga, actions));
         if let Some(k) = &new.idempotency_key {
-            known.insert(k.clone(), id);
+            known.insert(
+                k.clone(),
+                store::Existing {
+                    id,
+                    request: new.request.clone(),
+                },
+            );
         }
-        out.push(Submitted {
+        out.push(Ok(Submitted {
             saga_id: id,
             created: true,
-        });
+        }));
     }
     let items: Vec<(&NewSaga, &Saga, &[Action])> = fresh
         .iter()

@@ -59,6 +59,9 @@ pub struct CoordinatorConfig {
     pub wait_poll: Option<Duration>,
     /// The saga kinds [`Coordinator::submit_saga`] accepts.
     pub definitions: SagaDefinitions,
+    /// The key shared with the participants: with one, every command is signed and a
+    /// reply without a valid signature is dead-lettered. `None`: nothing is signed.
+    pub message_key: Option<kessai_messages::MessageKey>,
 }
 
 impl Default for CoordinatorConfig {
@@ -78,6 +81,7 @@ impl Default for CoordinatorConfig {
             ),
             wait_poll: Some(WAIT_POLL),
             definitions: SagaDefinitions::default(),
+            message_key: None,
         }
     }
 }
@@ -170,9 +174,21 @@ impl Coordinator {
 
     /// Submits a payment; its `payment_id` is the idempotency key.
     pub async fn submit_payment(&self, payment: &Payment, try_timeout: Option<Duration>) -> Result<Submitted, Error> {
+        self.submit_payment_as(None, payment, try_timeout).await
+    }
+
+    /// [`submit_payment`](Self::submit_payment) on behalf of an API client: the
+    /// idempotency key is scoped to `client`, and the saga records it.
+    pub async fn submit_payment_as(
+        &self,
+        client: Option<&str>,
+        payment: &Payment,
+        try_timeout: Option<Duration>,
+    ) -> Result<Submitted, Error> {
         let plan = PaymentSaga::plan_payment(payment).map_err(Error::Invalid)?;
         let request = serde_json::to_string(payment).expect("serialises");
-        self.submit_plan(PaymentSaga::KIND, plan, request, try_timeout).await
+        self.submit_plan(client, PaymentSaga::KIND, plan, request, try_timeout)
+            .await
     }
 
     /// Submits a saga of any kind in [`CoordinatorConfig::definitions`]: the
@@ -183,33 +199,53 @@ impl Coordinator {
         request: &serde_json::Value,
         try_timeout: Option<Duration>,
     ) -> Result<Submitted, Error> {
+        self.submit_saga_as(None, kind, request, try_timeout).await
+    }
+
+    /// [`submit_saga`](Self::submit_saga) on behalf of an API client (see
+    /// [`submit_payment_as`](Self::submit_payment_as)).
+    pub async fn submit_saga_as(
+        &self,
+        client: Option<&str>,
+        kind: &str,
+        request: &serde_json::Value,
+        try_timeout: Option<Duration>,
+    ) -> Result<Submitted, Error> {
         let definition = self.inner.config.definitions.get(kind).ok_or_else(|| {
             let known: Vec<_> = self.inner.config.definitions.kinds().collect();
             Error::Invalid(format!("unknown saga kind {kind:?} (known: {})", known.join(", ")))
         })?;
         let plan = definition.plan(request).map_err(Error::Invalid)?;
-        self.submit_plan(definition.kind(), plan, request.to_string(), try_timeout)
+        self.submit_plan(client, definition.kind(), plan, request.to_string(), try_timeout)
             .await
     }
 
     async fn submit_plan(
         &self,
+        client: Option<&str>,
         kind: &'static str,
         plan: SagaPlan,
         request: String,
         try_timeout: Option<Duration>,
     ) -> Result<Submitted, Error> {
+        let try_timeout = plan
+            .try_timeout
+            .or(try_timeout)
+            .unwrap_or(self.inner.config.try_timeout);
         self.submit(NewSaga {
             kind: kind.into(),
-            idempotency_key: plan.idempotency_key,
+            client: client.map(str::to_owned),
+            idempotency_key: plan.idempotency_key.map(|key| scoped_key(client, &key)),
             request,
             branches: plan.branches,
-            try_timeout_ms: try_timeout.unwrap_or(self.inner.config.try_timeout).as_millis() as i64,
+            try_timeout_ms: try_timeout.as_millis() as i64,
         })
         .await
     }
 
-    /// Submits any TCC saga.
+    /// Submits any TCC saga. A repeated idempotency key returns the saga it names
+    /// (`created: false`) if the request is the same, and
+    /// [`Error::IdempotencyConflict`] if it is not; either way nothing is created.
     pub async fn submit(&self, new: NewSaga) -> Result<Submitted, Error> {
         if new.branches.is_empty() {
             return Err(Error::Invalid("a saga needs at least one branch".into()));
@@ -225,14 +261,11 @@ impl Coordinator {
             // A repeated key is not new work: it names its saga even when the door is
             // shut (read-only; no transaction, nothing created).
             if let Some(key) = &new.idempotency_key
-                && let Some(id) = store::by_keys(&self.inner.db, std::slice::from_ref(key))
+                && let Some(existing) = store::existing(&self.inner.db, std::slice::from_ref(key))
                     .await?
                     .get(key)
             {
-                return Ok(Submitted {
-                    saga_id: *id,
-                    created: false,
-                });
+                return repeated(existing, &new);
             }
             return Err(Error::Overloaded {
                 retry_after: admission.refuse(refused).retry_after,
@@ -263,6 +296,11 @@ impl Coordinator {
     /// Admission control's state: unfinished sagas, the bound, refusals.
     pub fn admission(&self) -> &Admission {
         &self.inner.admission
+    }
+
+    /// Sagas some request is waiting on right now ([`wait`](Self::wait)).
+    pub fn waiters(&self) -> usize {
+        self.inner.waiters.len()
     }
 
     /// A saga with its branches and timeline.
@@ -313,15 +351,47 @@ impl Coordinator {
 
     /// Resends what a saga waits on now (SRE retry).
     pub async fn retry(&self, id: SagaId, why: &str) -> Result<Driven, Error> {
+        self.retry_by(id, why, Actor::Operator).await
+    }
+
+    /// [`retry`](Self::retry), recorded in the timeline as done by `by`.
+    pub async fn retry_by(&self, id: SagaId, why: &str, by: Actor) -> Result<Driven, Error> {
         let resend = Event::ResendNow {
             why: why.to_owned(),
-            by: Actor::Operator,
+            by,
         };
         drive::drive(&self.inner, vec![(id, vec![(resend, None)])]).await
     }
 
+    /// Sagas matching `filter`, newest first, at most `limit`.
+    pub async fn list(&self, filter: &store::SagaFilter, limit: u64) -> Result<Vec<store::SagaSummary>, Error> {
+        store::list(&self.inner.db, filter, limit).await
+    }
+
     pub fn db(&self) -> &DatabaseConnection {
         &self.inner.db
+    }
+}
+
+/// The idempotency key as stored: scoped to the API client, so two clients may use
+/// the same key and neither can reach the other's saga through it. Client names
+/// cannot contain `/` (the API refuses such token names).
+pub(crate) fn scoped_key(client: Option<&str>, key: &str) -> String {
+    match client {
+        Some(client) => format!("{client}/{key}"),
+        None => key.to_owned(),
+    }
+}
+
+/// The answer to a submission whose key names `existing`.
+pub(crate) fn repeated(existing: &store::Existing, new: &NewSaga) -> Result<Submitted, Error> {
+    if existing.same_request(&new.request) {
+        Ok(Submitted {
+            saga_id: existing.id,
+            created: false,
+        })
+    } else {
+        Err(Error::IdempotencyConflict { saga_id: existing.id })
     }
 }
 

@@ -9,11 +9,17 @@
 //! a copy still queued behind a backlog is dropped at the head of the queue instead of
 //! being handled a second time, so a backed-up participant's queue does not fill with
 //! redundant copies. Confirmed publishes are counted in the engine's stats.
+//!
+//! With a message key configured, each command is signed here, as it is published,
+//! rather than when its outbox row is written: the key stays out of the database and
+//! its rows, rows written before signing was turned on (or under an older key) go out
+//! signed with the key in force, and the signature always covers the exact bytes sent.
 
 use super::Inner;
 use crate::Error;
 use crate::store;
 use futures::future::join_all;
+use kessai_messages::{SIGNATURE_HEADER, signing};
 use kessai_transport::{Headers, OutgoingMessage};
 use sea_orm::{DbBackend, TransactionTrait};
 use std::collections::{BTreeMap, HashSet};
@@ -105,12 +111,16 @@ async fn publish(
     // Per queue: row ids, how many are resends, the messages.
     let mut by_queue: BTreeMap<String, (Vec<i64>, u64, Vec<OutgoingMessage>)> = BTreeMap::new();
     for row in rows {
-        let headers: Headers = serde_json::from_str(&row.headers).unwrap_or_default();
+        let mut headers: Headers = serde_json::from_str(&row.headers).unwrap_or_default();
+        let payload = row.payload.into_bytes();
+        if let Some(key) = &inner.config.message_key {
+            headers.insert(SIGNATURE_HEADER.to_owned(), signing::sign(key, &payload));
+        }
         let entry = by_queue.entry(row.queue).or_default();
         entry.0.push(row.id);
         entry.1 += u64::from(row.attempt.is_some_and(|a| a > 1));
         entry.2.push(OutgoingMessage {
-            payload: row.payload.into_bytes(),
+            payload,
             headers,
             expires_in: time_to_live(row.expires_at_ms, now),
         });

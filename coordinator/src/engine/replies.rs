@@ -1,12 +1,15 @@
-//! Consumes participants' replies in batches: decode, apply in one transaction, commit,
-//! then ack. Undecodable messages and replies that name no known saga or branch are
-//! dead-lettered with the reason; a batch whose transaction fails is requeued.
+//! Consumes participants' replies in batches: check, decode, apply in one transaction,
+//! commit, then ack. A reply is dead-lettered with the reason, changing nothing, when
+//! its broker headers break the limits, its signature is missing or wrong (when a
+//! message key is configured), it does not decode, or it answers nothing its saga sent
+//! (unknown saga or branch, another participant, an operation or send the saga never
+//! made). A batch whose transaction fails is requeued.
 
 use super::Inner;
 use super::drive::{self, Tag};
 use crate::Error;
 use crate::machine::Event;
-use kessai_messages::{Body, Envelope, SagaId};
+use kessai_messages::{Body, Envelope, SagaId, limits, signing};
 use kessai_transport::{ConsumeOptions, Consumer, Delivery};
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,21 +76,9 @@ async fn handle(inner: &Inner, batch: Vec<Delivery>) -> Result<(), Error> {
     let mut events: Vec<(SagaId, Event, Tag)> = Vec::with_capacity(batch.len());
     let mut rejected: Vec<(usize, String)> = Vec::new();
     for (i, d) in batch.iter().enumerate() {
-        match Envelope::decode(&d.payload) {
-            Ok(env) => match env.body {
-                Body::Reply(r) => events.push((
-                    env.saga_id,
-                    Event::Reply {
-                        branch: env.branch_id,
-                        operation: env.operation,
-                        attempt: env.attempt,
-                        outcome: r.outcome,
-                    },
-                    Some(i),
-                )),
-                Body::Command(_) => rejected.push((i, "a command on the reply queue".into())),
-            },
-            Err(e) => rejected.push((i, e.to_string())),
+        match decode(inner, d) {
+            Ok((saga, event)) => events.push((saga, event, Some(i))),
+            Err(reason) => rejected.push((i, reason)),
         }
     }
     let n = batch.len();
@@ -128,6 +119,29 @@ async fn handle(inner: &Inner, batch: Vec<Delivery>) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// The event a delivery stands for, or why it is dead-lettered. The signature is
+/// checked before a byte of the payload is parsed.
+fn decode(inner: &Inner, d: &Delivery) -> Result<(SagaId, Event), String> {
+    limits::check_headers(&d.headers).map_err(|e| format!("headers: {e}"))?;
+    if let Some(key) = &inner.config.message_key {
+        signing::verify(key, &d.payload, &d.headers)?;
+    }
+    let env = Envelope::decode(&d.payload).map_err(|e| e.to_string())?;
+    match env.body {
+        Body::Reply(r) => Ok((
+            env.saga_id,
+            Event::Reply {
+                participant: r.participant,
+                branch: env.branch_id,
+                operation: env.operation,
+                attempt: env.attempt,
+                outcome: r.outcome,
+            },
+        )),
+        Body::Command(_) => Err("a command on the reply queue".into()),
+    }
 }
 
 async fn dead_letter(d: Delivery, reason: &str) {

@@ -293,6 +293,7 @@ mod tests {
     async fn submit_sleepy(coordinator: &crate::engine::Coordinator, i: u64, try_timeout_ms: i64) {
         coordinator
             .submit(crate::store::NewSaga {
+                client: None,
                 kind: "generic".into(),
                 idempotency_key: Some(format!("k{i}")),
                 request: "{}".into(),

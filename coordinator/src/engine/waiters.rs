@@ -34,6 +34,11 @@ impl Waiters {
         }
     }
 
+    /// Sagas with at least one registered waiter.
+    pub fn len(&self) -> usize {
+        self.map.lock().expect("waiters lock").len()
+    }
+
     pub fn finished(&self, id: SagaId, state: SagaState) {
         let list = self.map.lock().expect("waiters lock").remove(&id);
         for w in list.into_iter().flatten() {

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Where a saga is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SagaState {
     /// Tries sent; waiting for every branch to prepare.
@@ -247,8 +247,13 @@ impl Saga {
 /// What happened to a saga.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
-    /// A participant answered `operation` (send number `attempt`) for `branch`.
+    /// `participant` answered `operation` (send number `attempt`) for `branch`.
+    ///
+    /// The answer must be one the saga could have been sent: from the branch's own
+    /// participant, an operation it sent to that branch, a send number it reached;
+    /// anything else is an [`Error`] (a forged or misrouted reply, dead-lettered).
     Reply {
+        participant: String,
         branch: BranchId,
         operation: Operation,
         attempt: u32,
@@ -503,6 +508,23 @@ impl Timing<'_> {
 pub enum Error {
     #[error("saga {saga} has no branch {branch}")]
     UnknownBranch { saga: SagaId, branch: BranchId },
+    /// A reply naming another participant than the branch's.
+    #[error("reply from {from} for a branch of {owner} (saga {saga}, branch {branch})")]
+    WrongParticipant {
+        saga: SagaId,
+        branch: BranchId,
+        owner: String,
+        from: String,
+    },
+    /// A reply to a command the saga never sent: forged, or from a confused
+    /// participant. A legitimate duplicate or late answer is never one.
+    #[error("stale/forged: {operation} reply for saga {saga}, branch {branch}, but {why}")]
+    NeverSent {
+        saga: SagaId,
+        branch: BranchId,
+        operation: Operation,
+        why: String,
+    },
 }
 
 /// The new saga and what to do about it.
@@ -520,7 +542,8 @@ impl Transition {
 }
 
 /// Applies one event. Pure: the same inputs always give the same transition.
-/// Duplicated, reordered and stale events are absorbed (no change, no action).
+/// Duplicated, reordered and late events are absorbed (no change, no action); a reply
+/// to a command the saga never sent, or from another participant, is an [`Error`].
 pub fn apply(saga: &Saga, event: &Event, now: i64, policy: &Policy) -> Result<Transition, Error> {
     apply_paced(saga, event, now, policy, &Pacing::default())
 }
@@ -540,12 +563,14 @@ pub fn apply_paced(
     let mut actions = Vec::new();
     match event {
         Event::Reply {
+            participant,
             branch,
             operation,
             attempt,
             outcome,
         } => replies::on_reply(
             &mut next,
+            participant,
             *branch,
             *operation,
             *attempt,

@@ -16,6 +16,7 @@ fn new_saga(n: usize) -> Saga {
 
 fn reply(branch: u32, operation: Operation, outcome: Outcome) -> Event {
     Event::Reply {
+        participant: format!("p{branch}"),
         branch: BranchId(branch),
         operation,
         attempt: 1,
@@ -192,6 +193,190 @@ fn resend_now_sends_a_due_command_once() {
     assert_eq!(sends(&a), vec![(0, Operation::Cancel, 1), (1, Operation::Cancel, 1)]);
 }
 
+// ---- replies the saga never asked for ----
+
+fn reply_from(from: &str, branch: u32, operation: Operation, attempt: u32) -> Event {
+    Event::Reply {
+        participant: from.into(),
+        branch: BranchId(branch),
+        operation,
+        attempt,
+        outcome: Outcome::Ok,
+    }
+}
+
+fn reply_at(branch: u32, operation: Operation, attempt: u32, outcome: Outcome) -> Event {
+    Event::Reply {
+        participant: format!("p{branch}"),
+        branch: BranchId(branch),
+        operation,
+        attempt,
+        outcome,
+    }
+}
+
+/// `new_saga(2)` with both tries answered: confirming, confirms sent once each.
+fn confirming() -> Saga {
+    let s = new_saga(2);
+    let (s, _) = step(&s, reply(0, Operation::Try, Outcome::Ok), T0 + 1);
+    let (s, _) = step(&s, reply(1, Operation::Try, Outcome::Ok), T0 + 2);
+    assert_eq!(s.state, SagaState::Confirming);
+    s
+}
+
+/// `new_saga(3)` where branch 2 refused its try: cancelling branches 0 and 1.
+fn cancelling() -> Saga {
+    let s = new_saga(3);
+    let (s, _) = step(&s, reply(2, Operation::Try, Outcome::rejected("frozen")), T0 + 1);
+    assert_eq!(s.state, SagaState::Cancelling);
+    s
+}
+
+fn finish(mut s: Saga, op: Operation) -> Saga {
+    for b in 0..s.branches.len() as u32 {
+        if s.branches[b as usize].state.waiting().is_some() {
+            s = step(&s, reply(b, op, Outcome::Ok), T0 + 50).0;
+        }
+    }
+    assert!(s.state.is_terminal(), "{s:?}");
+    s
+}
+
+/// The error `event` is on `s`, as the dead-letter reason reads.
+fn refused(s: &Saga, event: Event) -> String {
+    match apply(s, &event, T0 + 100, &policy()) {
+        Err(e) => e.to_string(),
+        Ok(t) => panic!("{event:?} was accepted on a {} saga: {:?}", s.state, t.actions),
+    }
+}
+
+/// `event` on `s` is accepted and changes nothing.
+fn absorbed(s: &Saga, event: Event) {
+    let t = apply(s, &event, T0 + 100, &policy()).unwrap_or_else(|e| panic!("{event:?} refused: {e}"));
+    assert!(!t.changed(s), "{event:?} changed a {} saga", s.state);
+}
+
+#[test]
+fn a_reply_from_another_participant_is_refused() {
+    let s = new_saga(2);
+    let reason = refused(&s, reply_from("p1", 0, Operation::Try, 1));
+    assert!(reason.starts_with("reply from p1 for a branch of p0"), "{reason}");
+    assert!(matches!(
+        apply(&s, &reply_from("mallory", 1, Operation::Try, 1), T0, &policy()),
+        Err(Error::WrongParticipant { owner, from, .. }) if owner == "p1" && from == "mallory"
+    ));
+    // Even where the same reply from the right participant would change nothing.
+    let c = confirming();
+    refused(&c, reply_from("p1", 0, Operation::Try, 1));
+    // From the branch's participant it is an ordinary reply.
+    let t = apply(&s, &reply_from("p0", 0, Operation::Try, 1), T0 + 1, &policy()).unwrap();
+    let plain = apply(&s, &reply(0, Operation::Try, Outcome::Ok), T0 + 1, &policy()).unwrap();
+    assert_eq!(t, plain);
+    assert_eq!(t.saga.branches[0].state, BranchState::Prepared);
+}
+
+#[test]
+fn a_confirm_the_saga_never_sent_is_refused() {
+    // Undecided, cancelling, cancelled: no confirm ever went out.
+    let trying = new_saga(2);
+    let cancelling = cancelling();
+    let cancelled = finish(cancelling.clone(), Operation::Cancel);
+    for (s, state) in [
+        (&trying, "trying"),
+        (&cancelling, "cancelling"),
+        (&cancelled, "cancelled"),
+    ] {
+        for outcome in [Outcome::Ok, Outcome::retryable("busy")] {
+            let reason = refused(s, reply_at(0, Operation::Confirm, 1, outcome));
+            assert!(reason.starts_with("stale/forged: confirm reply"), "{reason}");
+            assert!(
+                reason.contains(&format!("the saga never confirmed (it is {state})")),
+                "{reason}"
+            );
+        }
+    }
+    assert!(matches!(
+        apply(&trying, &reply(1, Operation::Confirm, Outcome::Ok), T0, &policy()),
+        Err(Error::NeverSent {
+            operation: Operation::Confirm,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn a_cancel_the_saga_never_sent_is_refused() {
+    let trying = new_saga(2);
+    let confirming = confirming();
+    let confirmed = finish(confirming.clone(), Operation::Confirm);
+    for (s, state) in [
+        (&trying, "trying"),
+        (&confirming, "confirming"),
+        (&confirmed, "confirmed"),
+    ] {
+        let reason = refused(s, reply_at(1, Operation::Cancel, 1, Outcome::Ok));
+        assert!(reason.starts_with("stale/forged: cancel reply"), "{reason}");
+        assert!(
+            reason.contains(&format!("the saga never cancelled (it is {state})")),
+            "{reason}"
+        );
+    }
+    // Cancelling, but not that branch: its try was rejected, nothing to undo.
+    let c = cancelling();
+    let reason = refused(&c, reply_at(2, Operation::Cancel, 1, Outcome::Ok));
+    assert!(reason.contains("try was rejected"), "{reason}");
+    refused(
+        &finish(c, Operation::Cancel),
+        reply_at(2, Operation::Cancel, 1, Outcome::Ok),
+    );
+}
+
+#[test]
+fn an_answer_to_a_send_not_yet_made_is_refused() {
+    let s = new_saga(2);
+    let reason = refused(&s, reply_at(0, Operation::Try, 2, Outcome::Ok));
+    assert!(
+        reason.contains("only 1 sends of it were made (the reply answers send 2)"),
+        "{reason}"
+    );
+    // After a resend, send 2 is real; send 3 is not.
+    let (s, _) = step(&s, Event::Tick, T0 + 2_000);
+    refused(&s, reply_at(0, Operation::Try, 3, Outcome::Ok));
+    let (s2, _) = step(&s, reply_at(0, Operation::Try, 2, Outcome::Ok), T0 + 2_001);
+    assert_eq!(s2.branches[0].state, BranchState::Prepared);
+    // Confirms likewise.
+    let c = confirming();
+    refused(&c, reply_at(1, Operation::Confirm, 2, Outcome::Ok));
+    let (c, _) = step(&c, Event::Tick, T0 + 10_000);
+    let (c, _) = step(&c, reply_at(1, Operation::Confirm, 2, Outcome::Ok), T0 + 10_001);
+    assert_eq!(c.branches[1].state, BranchState::Confirmed);
+}
+
+#[test]
+fn legitimate_duplicates_and_late_answers_are_absorbed() {
+    // A try answer is always plausible: every branch was sent one.
+    let c = confirming();
+    absorbed(&c, reply(0, Operation::Try, Outcome::Ok));
+    absorbed(&c, reply_at(0, Operation::Try, 9, Outcome::rejected("late")));
+    absorbed(&c, reply_from("p1", 1, Operation::Try, 1));
+    let confirmed = finish(c, Operation::Confirm);
+    absorbed(&confirmed, reply(1, Operation::Confirm, Outcome::Ok));
+    absorbed(&confirmed, reply_at(1, Operation::Confirm, 5, Outcome::Ok));
+    // A late try answer to a branch being cancelled, and a duplicate cancel answer.
+    let s = cancelling();
+    absorbed(&s, reply(0, Operation::Try, Outcome::Ok));
+    let (s, _) = step(&s, reply(0, Operation::Cancel, Outcome::Ok), T0 + 3);
+    absorbed(&s, reply(0, Operation::Cancel, Outcome::Ok));
+    absorbed(&s, reply(2, Operation::Try, Outcome::rejected("frozen")));
+    let cancelled = finish(s, Operation::Cancel);
+    absorbed(&cancelled, reply(1, Operation::Cancel, Outcome::Ok));
+    // An answer to an earlier send of what a branch still waits on.
+    let s = new_saga(2);
+    let (s, _) = step(&s, Event::Tick, T0 + 2_000);
+    let (s2, _) = step(&s, reply_at(0, Operation::Try, 1, Outcome::Ok), T0 + 2_001);
+    assert_eq!(s2.branches[0].state, BranchState::Prepared);
+}
+
 // ---- the typed timeline ----
 
 #[test]
@@ -238,7 +423,7 @@ fn a_rejection_is_logged_with_its_reason_and_participant() {
 
 #[test]
 fn a_confirmed_saga_logs_outcomes_and_actors() {
-    let branches = vec![("a".to_string(), serde_json::json!(1))];
+    let branches = vec![("p0".to_string(), serde_json::json!(1))];
     let (s, a) = Saga::new(SagaId::new(), branches, T0, T0 + 10_000, &policy());
     let submitted = note(&a, EventKind::Submitted);
     assert_eq!(submitted.actor, Some(Actor::Client));
@@ -247,11 +432,11 @@ fn a_confirmed_saga_logs_outcomes_and_actors() {
     let ok = note(&a, EventKind::TryOk);
     assert_eq!(ok.outcome, Some(EventOutcome::Prepared));
     assert_eq!((ok.operation, ok.attempt), (Some(Operation::Try), Some(1)));
-    assert_eq!(ok.detail, "a (send 1)");
+    assert_eq!(ok.detail, "p0 (send 1)");
     let decided = note(&a, EventKind::Decided);
     assert_eq!(decided.outcome, Some(EventOutcome::Confirm));
     assert_eq!(decided.reason, None);
-    assert_eq!(decided.actor, Some(Actor::Participant("a".into())));
+    assert_eq!(decided.actor, Some(Actor::Participant("p0".into())));
     let (_, a) = step(&s, reply(0, Operation::Confirm, Outcome::retryable("busy")), T0 + 2);
     let failed = note(&a, EventKind::ConfirmFailed);
     assert_eq!(failed.outcome, Some(EventOutcome::Failed));
@@ -261,7 +446,7 @@ fn a_confirmed_saga_logs_outcomes_and_actors() {
     let finished = note(&a, EventKind::Finished);
     assert_eq!(finished.detail, "confirmed");
     assert_eq!(finished.outcome, Some(EventOutcome::Confirmed));
-    assert_eq!(finished.actor, Some(Actor::Participant("a".into())));
+    assert_eq!(finished.actor, Some(Actor::Participant("p0".into())));
 }
 
 #[test]
@@ -458,10 +643,25 @@ fn apply_is_apply_paced_without_floors() {
 /// What the fuzzer throws at a saga.
 #[derive(Clone, Debug)]
 enum Input {
+    /// Any reply at all: forged, stale, or by chance one the saga asked for.
     Reply {
         branch: u32,
         op: Operation,
         attempt: u32,
+        outcome: u8,
+    },
+    /// A reply off the queue naming participant `p<from>`, right or wrong.
+    ReplyFrom {
+        from: u32,
+        branch: u32,
+        op: Operation,
+        attempt: u32,
+        outcome: u8,
+    },
+    /// An answer to one of the commands sent so far (the `pick`th, modulo): a
+    /// duplicate, a late or reordered answer, or the first.
+    Answer {
+        pick: usize,
         outcome: u8,
     },
     Tick {
@@ -476,7 +676,9 @@ fn op_strategy() -> impl Strategy<Value = Operation> {
 
 fn input_strategy(branches: u32) -> impl Strategy<Value = Input> {
     prop_oneof![
-        6 => (0..branches, op_strategy(), 1u32..5, 0u8..4).prop_map(|(branch, op, attempt, outcome)| Input::Reply { branch, op, attempt, outcome }),
+        3 => (0..branches, op_strategy(), 1u32..5, 0u8..4).prop_map(|(branch, op, attempt, outcome)| Input::Reply { branch, op, attempt, outcome }),
+        2 => (0..branches, 0..branches, op_strategy(), 1u32..5, 0u8..4).prop_map(|(from, branch, op, attempt, outcome)| Input::ReplyFrom { from, branch, op, attempt, outcome }),
+        4 => (0usize..64, 0u8..4).prop_map(|(pick, outcome)| Input::Answer { pick, outcome }),
         3 => (0i64..6_000).prop_map(|advance_ms| Input::Tick { advance_ms }),
         1 => Just(Input::ResendNow),
     ]
@@ -499,8 +701,9 @@ fn assert_safe(sent: &[(u32, Operation, u32)]) {
     }
 }
 
-/// The event `input` stands for on a saga of `n` branches; a tick first moves `now`.
-fn event_of(input: Input, n: usize, now: &mut i64) -> Event {
+/// The event `input` stands for on a saga of `n` branches that sent `sent` so far; a
+/// tick first moves `now`.
+fn event_of(input: Input, n: usize, sent: &[(u32, Operation, u32)], now: &mut i64) -> Event {
     match input {
         Input::Reply {
             branch,
@@ -508,16 +711,99 @@ fn event_of(input: Input, n: usize, now: &mut i64) -> Event {
             attempt,
             outcome,
         } => Event::Reply {
+            participant: format!("p{}", branch % n as u32),
             branch: BranchId(branch % n as u32),
             operation: op,
             attempt,
             outcome: outcome_of(outcome),
         },
+        Input::ReplyFrom {
+            from,
+            branch,
+            op,
+            attempt,
+            outcome,
+        } => Event::Reply {
+            participant: format!("p{}", from % n as u32),
+            branch: BranchId(branch % n as u32),
+            operation: op,
+            attempt,
+            outcome: outcome_of(outcome),
+        },
+        Input::Answer { pick, outcome } => {
+            // At least the first tries were sent.
+            let (branch, operation, attempt) = sent[pick % sent.len()];
+            Event::Reply {
+                participant: format!("p{branch}"),
+                branch: BranchId(branch),
+                operation,
+                attempt,
+                outcome: outcome_of(outcome),
+            }
+        }
         Input::Tick { advance_ms } => {
             *now += advance_ms;
             Event::Tick
         }
         Input::ResendNow => resend_now("prop"),
+    }
+}
+
+/// Applies `event` as the engine does: a refused reply is dead-lettered and leaves the
+/// saga as it was. Checks the refusal against what was really sent: a reply to a
+/// command in `sent`, from its branch's participant, is never refused; a reply that
+/// changes the saga always answers one.
+fn apply_checked(
+    saga: &Saga,
+    event: &Event,
+    now: i64,
+    sent: &[(u32, Operation, u32)],
+    apply: impl Fn(&Saga, &Event, i64) -> Result<Transition, Error>,
+) -> Result<Transition, TestCaseError> {
+    let answered = match event {
+        Event::Reply {
+            participant,
+            branch,
+            operation,
+            attempt,
+            ..
+        } => Some((branch.0, *operation, *attempt, participant.as_str())),
+        _ => None,
+    };
+    let Some((branch, op, attempt, from)) = answered else {
+        return apply(saga, event, now).map_err(|e| TestCaseError::fail(format!("{event:?}: {e}")));
+    };
+    let was_sent = sent.contains(&(branch, op, attempt));
+    let right_sender = from == saga.branches[branch as usize].participant;
+    match apply(saga, event, now) {
+        Ok(t) => {
+            prop_assert!(
+                right_sender,
+                "a reply from the wrong participant was accepted: {event:?}"
+            );
+            if t.changed(saga) {
+                prop_assert!(
+                    was_sent,
+                    "a reply to a command never sent changed the saga: {event:?}, sent {sent:?}"
+                );
+            }
+            Ok(t)
+        }
+        Err(e) => {
+            prop_assert!(
+                !(was_sent && right_sender),
+                "a reply to a command the saga sent was refused ({e}): {event:?}"
+            );
+            match e {
+                Error::WrongParticipant { .. } => prop_assert!(!right_sender),
+                Error::NeverSent { .. } => prop_assert!(!was_sent),
+                Error::UnknownBranch { .. } => prop_assert!(false, "branches are in range"),
+            }
+            Ok(Transition {
+                saga: saga.clone(),
+                actions: Vec::new(),
+            })
+        }
     }
 }
 
@@ -560,19 +846,23 @@ proptest! {
         };
         let (mut saga, actions) = Saga::new_paced(SagaId::new(), (0..n).map(|i| (format!("p{i}"), serde_json::json!(i))).collect(), T0, T0 + 10_000, &p, &pacing);
         check(&saga, &actions, T0)?;
+        let mut sent = sends(&actions);
         let mut now = T0;
         for input in inputs {
-            let event = event_of(input, n, &mut now);
-            let t = apply_paced(&saga, &event, now, &p, &pacing).unwrap();
+            let event = event_of(input, n, &sent, &mut now);
+            let t = apply_checked(&saga, &event, now, &sent, |s, e, now| apply_paced(s, e, now, &p, &pacing))?;
             check(&t.saga, &t.actions, now)?;
+            sent.extend(sends(&t.actions));
             saga = t.saga;
         }
     }
 
-    /// For any interleaving of duplicated, reordered, stale and delayed replies, timer
-    /// firings and forced resends: a saga never sends a confirm after a cancel (nor
-    /// the reverse), a terminal saga never changes, and once messages flow every saga
-    /// ends terminal.
+    /// For any interleaving of duplicated, reordered, stale and delayed replies, forged
+    /// ones among them (dead-lettered: they leave the saga as it was), timer firings
+    /// and forced resends: a saga never sends a confirm after a cancel (nor the
+    /// reverse), a terminal saga never changes, a reply is refused exactly when it
+    /// answers nothing the saga sent or names the wrong participant, and once messages
+    /// flow every saga ends terminal.
     #[test]
     fn decides_once_and_always_finishes(
         n in 1usize..5,
@@ -587,9 +877,9 @@ proptest! {
         let mut sent = sends(&actions);
         let mut now = T0;
         for input in inputs {
-            let event = event_of(input, n, &mut now);
+            let event = event_of(input, n, &sent, &mut now);
             let before = saga.clone();
-            let t = apply(&saga, &event, now, &p).unwrap();
+            let t = apply_checked(&saga, &event, now, &sent, |s, e, now| apply(s, e, now, &p))?;
             if before.state.is_terminal() {
                 prop_assert!(!t.changed(&before), "terminal saga changed");
             }
@@ -613,7 +903,7 @@ proptest! {
             let waiting: Vec<(BranchId, Operation, u32)> = saga.branches.iter().filter_map(|b| b.state.waiting().map(|w| (b.id, w.0, w.1))).collect();
             for (branch, op, attempt) in waiting {
                 let outcome = if op == Operation::Try && !fates[branch.0 as usize] { Outcome::rejected("fate") } else { Outcome::Ok };
-                let t = apply(&saga, &Event::Reply { branch, operation: op, attempt, outcome }, now, &p).unwrap();
+                let t = apply(&saga, &Event::Reply { participant: saga.branches[branch.0 as usize].participant.clone(), branch, operation: op, attempt, outcome }, now, &p).unwrap();
                 sent.extend(sends(&t.actions));
                 saga = t.saga;
             }

@@ -11,7 +11,9 @@ use std::fmt;
 use std::str::FromStr;
 
 /// What a timeline entry records. Stored and serialised as its snake_case name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(32))")]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
@@ -118,7 +120,9 @@ impl PartialEq<&str> for EventKind {
 
 /// How the thing an entry records turned out: a branch's new state after a reply,
 /// the decision, or the state a saga finished in. Stored and serialised snake_case.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))", rename_all = "snake_case")]
 #[serde(rename_all = "snake_case")]
 pub enum EventOutcome {
@@ -160,9 +164,9 @@ impl fmt::Display for EventOutcome {
 
 /// Who or what caused a timeline entry.
 ///
-/// Stored as a short string: `client`, `coordinator`, `timer`, `operator`, or
-/// `participant:<name>`. Serialised by serde's default: `"timer"`, or
-/// `{"participant": "<name>"}`.
+/// Stored as a short string: `client`, `coordinator`, `timer`, `operator`,
+/// `operator:<name>` or `participant:<name>`. Serialised by serde's default:
+/// `"timer"`, `{"named_operator": "<name>"}` or `{"participant": "<name>"}`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, DeriveValueType)]
 #[sea_orm(value_type = "String", column_type = "String(StringLen::N(128))")]
 #[serde(rename_all = "snake_case")]
@@ -175,11 +179,14 @@ pub enum Actor {
     Timer,
     /// An SRE, through the retry command or endpoint.
     Operator,
+    /// A named SRE through the HTTP API: the name of the token used.
+    NamedOperator(String),
     /// The named participant's reply.
     Participant(String),
 }
 
 const PARTICIPANT_PREFIX: &str = "participant:";
+const OPERATOR_PREFIX: &str = "operator:";
 
 impl fmt::Display for Actor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -188,6 +195,7 @@ impl fmt::Display for Actor {
             Actor::Coordinator => f.write_str("coordinator"),
             Actor::Timer => f.write_str("timer"),
             Actor::Operator => f.write_str("operator"),
+            Actor::NamedOperator(name) => write!(f, "{OPERATOR_PREFIX}{name}"),
             Actor::Participant(name) => write!(f, "{PARTICIPANT_PREFIX}{name}"),
         }
     }
@@ -207,9 +215,10 @@ impl FromStr for Actor {
             "coordinator" => Actor::Coordinator,
             "timer" => Actor::Timer,
             "operator" => Actor::Operator,
-            _ => match s.strip_prefix(PARTICIPANT_PREFIX) {
-                Some(name) => Actor::Participant(name.to_owned()),
-                None => return Err(UnknownActor(s.to_owned())),
+            _ => match (s.strip_prefix(PARTICIPANT_PREFIX), s.strip_prefix(OPERATOR_PREFIX)) {
+                (Some(name), _) => Actor::Participant(name.to_owned()),
+                (None, Some(name)) => Actor::NamedOperator(name.to_owned()),
+                (None, None) => return Err(UnknownActor(s.to_owned())),
             },
         })
     }

@@ -26,6 +26,8 @@ pub mod saga {
         #[sea_orm(column_type = "Text")]
         pub request: String,
         pub trace_id: Option<String>,
+        /// The API client that submitted the saga; `None` in-process.
+        pub client: Option<String>,
     }
 
     impl ActiveModelBehavior for ActiveModel {}

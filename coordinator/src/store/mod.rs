@@ -35,11 +35,14 @@ pub struct Loaded {
 }
 
 /// What a new saga is made of.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct NewSaga {
     /// `payment` or `generic`.
     pub kind: String,
-    /// A client's idempotency key: submitting it again returns the first saga.
+    /// The API client that submits it (its token's name); `None` in-process.
+    pub client: Option<String>,
+    /// A client's idempotency key: submitting it again with the same request returns
+    /// the first saga; with another request it is a conflict.
     pub idempotency_key: Option<String>,
     /// The client's request as JSON, kept for SREs.
     pub request: String,
@@ -296,6 +299,10 @@ pub async fn insert_many<C: ConnectionTrait>(
     if items.is_empty() {
         return Ok(());
     }
+    // `client` is written only when some saga of the batch has one, so in-process
+    // submissions still insert into a schema from before the column (the migration
+    // tests write such rows). One statement must set the same columns on every row.
+    let with_client = items.iter().any(|(new, _, _)| new.client.is_some());
     let sagas: Vec<saga::ActiveModel> = items
         .iter()
         .map(|(new, saga, _)| saga::ActiveModel {
@@ -313,6 +320,7 @@ pub async fn insert_many<C: ConnectionTrait>(
             reason: Set(None),
             request: Set(new.request.clone()),
             trace_id: Set(None),
+            client: if with_client { Set(new.client.clone()) } else { NotSet },
         })
         .collect();
     insert_rows(db, sagas).await?;
@@ -657,6 +665,127 @@ pub async fn by_keys<C: ConnectionTrait>(db: &C, keys: &[String]) -> Result<Hash
     Ok(out)
 }
 
+/// The saga an idempotency key names, with the request it was created from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Existing {
+    pub id: SagaId,
+    /// The stored request (JSON text).
+    pub request: String,
+}
+
+impl Existing {
+    /// Whether `request` (JSON text) is the request this saga was created from: equal
+    /// as JSON values, so neither key order nor whitespace makes a difference.
+    pub fn same_request(&self, request: &str) -> bool {
+        match (
+            serde_json::from_str::<serde_json::Value>(&self.request),
+            serde_json::from_str::<serde_json::Value>(request),
+        ) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => self.request == request,
+        }
+    }
+}
+
+/// Existing sagas for idempotency keys, with their requests (to tell a repeated
+/// submission from a conflicting one).
+pub async fn existing<C: ConnectionTrait>(db: &C, keys: &[String]) -> Result<HashMap<String, Existing>, Error> {
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<(String, Option<String>, String)> = saga::Entity::find()
+        .select_only()
+        .column(saga::Column::Id)
+        .column(saga::Column::IdempotencyKey)
+        .column(saga::Column::Request)
+        .filter(saga::Column::IdempotencyKey.is_in(keys.to_vec()))
+        .into_tuple()
+        .all(db)
+        .await?;
+    let mut out = HashMap::new();
+    for (id, key, request) in rows {
+        if let Some(key) = key {
+            let id = SagaId::from_str(&id).map_err(|e| Error::Corrupt(e.to_string()))?;
+            out.insert(key, Existing { id, request });
+        }
+    }
+    Ok(out)
+}
+
+/// Which sagas [`list`] returns.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SagaFilter {
+    pub state: Option<SagaState>,
+    pub stuck: Option<bool>,
+    pub kind: Option<String>,
+    pub client: Option<String>,
+    /// Created at or after (Unix ms).
+    pub created_after_ms: Option<i64>,
+    /// Created before (Unix ms).
+    pub created_before_ms: Option<i64>,
+    /// Only sagas older than this one (the cursor: the last id of the previous page).
+    pub before: Option<SagaId>,
+}
+
+/// One line of a saga list.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct SagaSummary {
+    #[schema(value_type = String)]
+    pub id: SagaId,
+    pub kind: String,
+    pub client: Option<String>,
+    pub state: SagaState,
+    pub stuck: bool,
+    pub reason: Option<String>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub finished_at_ms: Option<i64>,
+}
+
+/// Sagas matching `filter`, newest first (saga ids are UUIDv7, so id order is creation
+/// order), at most `limit`.
+pub async fn list<C: ConnectionTrait>(db: &C, filter: &SagaFilter, limit: u64) -> Result<Vec<SagaSummary>, Error> {
+    let mut q = saga::Entity::find();
+    if let Some(state) = filter.state {
+        q = q.filter(saga::Column::State.eq(state.as_str()));
+    }
+    if let Some(stuck) = filter.stuck {
+        q = q.filter(saga::Column::Stuck.eq(stuck));
+    }
+    if let Some(kind) = &filter.kind {
+        q = q.filter(saga::Column::Kind.eq(kind.clone()));
+    }
+    if let Some(client) = &filter.client {
+        q = q.filter(saga::Column::Client.eq(client.clone()));
+    }
+    if let Some(after) = filter.created_after_ms {
+        q = q.filter(saga::Column::CreatedAtMs.gte(after));
+    }
+    if let Some(before) = filter.created_before_ms {
+        q = q.filter(saga::Column::CreatedAtMs.lt(before));
+    }
+    if let Some(before) = filter.before {
+        q = q.filter(saga::Column::Id.lt(before.to_string()));
+    }
+    let rows = q.order_by_desc(saga::Column::Id).limit(limit).all(db).await?;
+    rows.into_iter()
+        .map(|row| {
+            Ok(SagaSummary {
+                id: SagaId::from_str(&row.id).map_err(|e| Error::Corrupt(format!("saga id {:?}: {e}", row.id)))?,
+                state: SagaState::parse(&row.state)
+                    .ok_or_else(|| Error::Corrupt(format!("saga state {:?}", row.state)))?,
+                kind: row.kind,
+                client: row.client,
+                stuck: row.stuck,
+                reason: row.reason,
+                created_at_ms: row.created_at_ms,
+                updated_at_ms: row.updated_at_ms,
+                finished_at_ms: row.finished_at_ms,
+            })
+        })
+        .collect()
+}
+
 /// The oldest unsent commands.
 pub async fn outbox_batch<C: ConnectionTrait>(db: &C, limit: u64) -> Result<Vec<outbox::Model>, Error> {
     Ok(outbox::Entity::find()
@@ -683,10 +812,14 @@ pub async fn outbox_len<C: ConnectionTrait>(db: &C) -> Result<u64, Error> {
 }
 
 /// Everything an SRE wants to see about one saga.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct SagaView {
+    #[schema(value_type = String)]
     pub id: SagaId,
     pub kind: String,
+    /// The API client that submitted it (`null` for in-process submissions).
+    pub client: Option<String>,
+    /// As stored: scoped to the client (`<client>/<kind>:<key>`).
     pub idempotency_key: Option<String>,
     pub state: SagaState,
     pub stuck: bool,
@@ -697,12 +830,16 @@ pub struct SagaView {
     pub finished_at_ms: Option<i64>,
     pub try_deadline_ms: i64,
     pub wake_at_ms: Option<i64>,
+    /// The trace this saga's spans belong to, once tracing records it.
+    pub trace_id: Option<String>,
+    /// The client's request, as submitted.
+    #[schema(value_type = Object)]
     pub request: serde_json::Value,
     pub branches: Vec<BranchView>,
     pub timeline: Vec<TimelineEntry>,
 }
 
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct BranchView {
     pub branch_id: u32,
     pub participant: String,
@@ -710,20 +847,22 @@ pub struct BranchView {
     pub attempt: u32,
     pub resend_at_ms: Option<i64>,
     pub last_error: Option<String>,
+    #[schema(value_type = Object)]
     pub payload: serde_json::Value,
 }
 
 /// One entry of a saga's timeline. `detail` is the sentence for humans; the typed
 /// fields say the same for programs, and are absent (`None`) where they do not apply
 /// or on entries written before they existed.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct TimelineEntry {
     pub at_ms: i64,
     pub kind: EventKind,
     pub branch_id: Option<u32>,
     pub detail: String,
-    /// The command the entry is about.
+    /// The command the entry is about: `try`, `confirm` or `cancel`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub operation: Option<Operation>,
     /// That command's send number (1 = first send).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -735,6 +874,7 @@ pub struct TimelineEntry {
     pub reason: Option<String>,
     /// Who caused the entry.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub actor: Option<Actor>,
 }
 
@@ -778,6 +918,7 @@ pub async fn view<C: ConnectionTrait>(db: &C, id: SagaId) -> Result<Option<SagaV
     Ok(Some(SagaView {
         id,
         kind: row.kind,
+        client: row.client,
         idempotency_key: row.idempotency_key,
         state: SagaState::parse(&row.state).ok_or_else(|| Error::Corrupt(format!("saga state {:?}", row.state)))?,
         stuck: row.stuck,
@@ -788,6 +929,7 @@ pub async fn view<C: ConnectionTrait>(db: &C, id: SagaId) -> Result<Option<SagaV
         finished_at_ms: row.finished_at_ms,
         try_deadline_ms: row.try_deadline_ms,
         wake_at_ms: row.wake_at_ms,
+        trace_id: row.trace_id,
         request: serde_json::from_str(&row.request).unwrap_or(serde_json::Value::String(row.request)),
         branches: branches
             .into_iter()

@@ -69,6 +69,7 @@ fn new_saga(participants: &[&str], try_timeout_ms: i64) -> (NewSaga, Saga, Vec<A
         &Policy::default(),
     );
     let new = NewSaga {
+        client: None,
         kind: "generic".into(),
         idempotency_key: None,
         request: "{}".into(),
@@ -129,6 +130,7 @@ fn old_row_then_typed_rows(db: DatabaseConnection) -> std::pin::Pin<Box<dyn std:
 
         // Beta refuses; at the next tick alpha's cancel is resent (it was due).
         let rejected = Event::Reply {
+            participant: saga.branches[1].participant.clone(),
             branch: BranchId(1),
             operation: Operation::Try,
             attempt: 1,

@@ -32,6 +32,7 @@ use kessai_messages::{Payment, SagaId};
 use kessai_participants::Registry;
 use kessai_service::config::Config;
 use kessai_service::fault_control::FaultStatus;
+use kessai_service::http::{Scope, TokenSettings};
 use kessai_transport::{FaultCounters, Transport};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -78,6 +79,8 @@ struct Slot {
 struct Fleet {
     exe: PathBuf,
     config_file: PathBuf,
+    /// Authenticates the harness's calls to the children's HTTP API.
+    api_headers: reqwest::header::HeaderMap,
     slots: Vec<Slot>,
     /// Off once the faults stop: a child started after that injects none.
     faults_on: bool,
@@ -199,6 +202,7 @@ pub(super) async fn run(opts: ChaosOptions) -> anyhow::Result<ChaosReport> {
     let fleet = Arc::new(Mutex::new(Fleet {
         exe: std::env::current_exe().context("finding the kessai binary")?,
         config_file,
+        api_headers: api_headers(&config)?,
         slots,
         faults_on: true,
         seed: opts.seed,
@@ -261,6 +265,26 @@ fn child_config(opts: &ChaosOptions, run_id: &str) -> Config {
     config
 }
 
+/// The API client name of the harness's own token (every scope), which
+/// [`deployment_config`] adds to the children's config.
+pub(crate) const HARNESS_CLIENT: &str = "harness";
+
+/// Headers that authenticate the harness's HTTP calls to the children of `config`.
+pub(crate) fn api_headers(config: &Config) -> anyhow::Result<reqwest::header::HeaderMap> {
+    let token = config
+        .auth
+        .tokens
+        .iter()
+        .find(|t| t.name == HARNESS_CLIENT)
+        .and_then(|t| t.token.as_ref())
+        .context("the deployment config has no harness token")?;
+    let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.expose_secret()))?;
+    value.set_sensitive(true);
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    Ok(headers)
+}
+
 /// What every child of a multi-process run (chaos, bench) shares: the user's broker
 /// and database server, with this run's queue and database names (`kessai-<what>-<run>`,
 /// `kessai_<what>_<run>_*`), PostgreSQL and the demo data.
@@ -271,6 +295,15 @@ pub(crate) fn deployment_config(base: &Config, what: &str, transport: TransportK
     config.store.kind = StoreKind::Postgres;
     config.store.database_prefix = format!("kessai_{what}_{run_id}");
     config.participant.seed_demo = true;
+    config.auth.tokens.retain(|t| t.name != HARNESS_CLIENT);
+    config.auth.tokens.push(TokenSettings {
+        name: HARNESS_CLIENT.into(),
+        scopes: Scope::ALL.to_vec(),
+        token: Some(format!("kessai-{what}-{run_id}-{}", uuid::Uuid::new_v4().simple()).into()),
+        sha256: None,
+    });
+    // Every message signed: the chaos checks cover signing under faults too.
+    config.security.message_key = Some(format!("kessai-{what}-{run_id}-{}", uuid::Uuid::new_v4().simple()).into());
     // As the PostgreSQL demo: several workers, one command per transaction.
     config.participant.workers = config.participant.workers.max(8);
     config.participant.batch_size = 1;
@@ -314,8 +347,10 @@ async fn drive(
 ) -> anyhow::Result<ChaosReport> {
     // The `kessai participant` services: the reference participants.
     let registry = &Registry::reference();
+    let api_headers = fleet.lock().await.api_headers.clone();
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(2))
+        .default_headers(api_headers)
         .build()?;
     let n = fleet.lock().await.slots.len();
     {

@@ -5,6 +5,7 @@ use sea_orm_migration::prelude::*;
 mod m20261122_000001_sagas;
 mod m20261201_000002_outbox_expiry;
 mod m20261201_000003_typed_timeline;
+mod m20261201_000004_saga_client;
 
 pub struct Migrator;
 
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000001_sagas::Migration),
             Box::new(m20261201_000002_outbox_expiry::Migration),
             Box::new(m20261201_000003_typed_timeline::Migration),
+            Box::new(m20261201_000004_saga_client::Migration),
         ]
     }
 }

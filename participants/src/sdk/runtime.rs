@@ -1,9 +1,11 @@
 //! The participant runtime: consume, barrier, commit, reply, ack.
 //!
 //! One worker loop, per batch of deliveries:
-//! 1. decode and validate each delivery; poison (undecodable bytes, a reply on a
-//!    command queue, a command for another participant, a bad payload) is
-//!    dead-lettered with its reason straight away;
+//! 1. check, decode and validate each delivery; poison (broker headers beyond the
+//!    limits, a missing or bad signature when a message key is configured,
+//!    undecodable bytes, a reply on a command queue, a command for another
+//!    participant, a `reply_to` this participant does not answer to, a bad payload) is
+//!    dead-lettered with its reason straight away, and changes nothing;
 //! 2. open ONE database transaction for the rest — group commit: one fsync per batch
 //!    instead of per command, which is what a single-writer SQLite needs — and run
 //!    each command through the barrier in its own savepoint;
@@ -23,7 +25,7 @@
 use super::barrier::{self, PreparedCommand};
 use super::{BranchRef, Participant};
 use crate::Error;
-use kessai_messages::{Envelope, Operation, Outcome};
+use kessai_messages::{Envelope, MessageKey, Operation, Outcome, SIGNATURE_HEADER, limits, signing};
 use kessai_transport::{ConsumeOptions, Consumer, Delivery, Headers, OutgoingMessage, Tasks, Topology, Transport};
 use sea_orm::{DatabaseConnection, DatabaseTransaction, SqliteTransactionMode, TransactionOptions, TransactionTrait};
 use std::collections::{BTreeMap, HashSet};
@@ -67,6 +69,20 @@ pub struct RuntimeConfig {
     pub max_error_backoff: Duration,
     /// See [`SpanHook`].
     pub span_hook: Option<SpanHook>,
+    /// Queues, besides `topology.reply_queue()`, that a command may name as its
+    /// `reply_to`. A command naming any other is dead-lettered: whoever can write to
+    /// the command queue must not make this participant publish where they choose.
+    pub extra_reply_queues: Vec<String>,
+    /// The key shared with the coordinators: with one, a command without a valid
+    /// signature is dead-lettered and every reply is signed. `None`: nothing is signed.
+    pub message_key: Option<MessageKey>,
+}
+
+impl RuntimeConfig {
+    /// Whether a command may be answered on `queue`.
+    pub fn answers_to(&self, queue: &str) -> bool {
+        queue == self.topology.reply_queue() || self.extra_reply_queues.iter().any(|q| q == queue)
+    }
 }
 
 impl Default for RuntimeConfig {
@@ -81,6 +97,8 @@ impl Default for RuntimeConfig {
             error_backoff: Duration::from_millis(100),
             max_error_backoff: Duration::from_secs(5),
             span_hook: None,
+            extra_reply_queues: Vec::new(),
+            message_key: None,
         }
     }
 }
@@ -97,6 +115,8 @@ impl fmt::Debug for RuntimeConfig {
             .field("error_backoff", &self.error_backoff)
             .field("max_error_backoff", &self.max_error_backoff)
             .field("span_hook", &self.span_hook.is_some())
+            .field("extra_reply_queues", &self.extra_reply_queues)
+            .field("message_key", &self.message_key)
             .finish()
     }
 }
@@ -412,6 +432,15 @@ impl<P: Participant> ParticipantRuntime<P> {
             messaging.message.id = field::Empty,
             messaging.redelivered = delivery.redelivered,
         );
+        // Before a byte of the payload is parsed: the broker headers, the signature.
+        if let Err(e) = limits::check_headers(&delivery.headers) {
+            return Err((delivery, format!("headers: {e}"), span));
+        }
+        if let Some(key) = &inner.config.message_key
+            && let Err(reason) = signing::verify(key, &delivery.payload, &delivery.headers)
+        {
+            return Err((delivery, reason, span));
+        }
         let envelope = match Envelope::decode(&delivery.payload) {
             Ok(e) => e,
             Err(e) => return Err((delivery, format!("undecodable envelope: {e}"), span)),
@@ -423,6 +452,16 @@ impl<P: Participant> ParticipantRuntime<P> {
         span.record("messaging.message.id", field::display(envelope.message_id));
         if let Some(hook) = &inner.config.span_hook {
             hook(&span, &envelope.headers);
+        }
+        if let Some(command) = envelope.as_command()
+            && !inner.config.answers_to(&command.reply_to)
+        {
+            let reason = format!(
+                "reply_to {:?} is not a queue {} answers to",
+                command.reply_to,
+                inner.participant.name()
+            );
+            return Err((delivery, reason, span));
         }
         match barrier::prepare(&inner.participant, &envelope) {
             Ok(command) => Ok(Pending {
@@ -443,9 +482,21 @@ impl<P: Participant> ParticipantRuntime<P> {
         for (p, outcome) in answered {
             record_outcome(&p.span, &outcome);
             let reply = p.envelope.reply(inner.participant.name(), outcome);
-            let headers: Headers = reply.headers.clone();
+            // The envelope's headers (trace context) are copied for brokers' tools,
+            // leaving room for the signature within the header limit.
+            let mut headers: Headers = reply
+                .headers
+                .iter()
+                .filter(|(name, _)| name.as_str() != SIGNATURE_HEADER)
+                .take(limits::MAX_HEADERS - 1)
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect();
+            let payload = reply.encode();
+            if let Some(key) = &inner.config.message_key {
+                headers.insert(SIGNATURE_HEADER.to_owned(), signing::sign(key, &payload));
+            }
             let message = OutgoingMessage {
-                payload: reply.encode(),
+                payload,
                 headers,
                 // A reply never goes stale: the coordinator needs every answer.
                 expires_in: None,
@@ -624,5 +675,218 @@ impl Backoff {
 
     fn reset(&mut self) {
         self.next = self.first;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::BalanceParticipant;
+    use kessai_messages::payment::BALANCE;
+    use kessai_messages::{BranchId, Command, SagaId};
+    use kessai_migrations::Service;
+    use kessai_transport::{DEAD_LETTER_REASON, MemoryTransport, dead_letter_queue};
+
+    const KEY: &[u8] = b"a shared key of 16+ bytes";
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        transport: MemoryTransport,
+        runtime: ParticipantRuntime<BalanceParticipant>,
+        topology: Topology,
+    }
+
+    impl Fixture {
+        async fn new(config: RuntimeConfig) -> Self {
+            let (dir, db) = kessai_testkit::scratch_sqlite(Service::Balance).await;
+            BalanceParticipant::seed_demo(&db).await.unwrap();
+            let transport = MemoryTransport::new();
+            let topology = config.topology.clone();
+            let runtime = ParticipantRuntime::with_config(BalanceParticipant, db, Arc::new(transport.clone()), config);
+            transport.declare(runtime.queue()).await.unwrap();
+            Self {
+                _dir: dir,
+                transport,
+                runtime,
+                topology,
+            }
+        }
+
+        fn try_to(&self, reply_to: &str) -> Envelope {
+            Envelope::command(
+                SagaId::new(),
+                BranchId(0),
+                Operation::Try,
+                1,
+                None,
+                Command {
+                    participant: BALANCE.into(),
+                    reply_to: reply_to.into(),
+                    payload: serde_json::json!({"account_id": "acct-1", "amount": 5, "currency": "EUR"}),
+                },
+            )
+        }
+
+        fn try_(&self) -> Envelope {
+            self.try_to(&self.topology.reply_queue())
+        }
+
+        /// Publishes `message` on the command queue and runs one batch over it.
+        async fn process(&self, message: OutgoingMessage) -> BatchReport {
+            self.transport.publish(self.runtime.queue(), message).await.unwrap();
+            let mut consumer = self
+                .transport
+                .consume(self.runtime.queue(), self.runtime.consume_options())
+                .await
+                .unwrap();
+            let batch = kessai_testkit::receive_exactly(&mut consumer, 1, Duration::from_secs(5), "commands").await;
+            self.runtime.process_batch(batch).await.unwrap()
+        }
+
+        /// The payload and headers of the one message waiting on `queue`, acked.
+        async fn take(&self, queue: &str) -> (Vec<u8>, Headers) {
+            let mut consumer = self.transport.consume(queue, ConsumeOptions::default()).await.unwrap();
+            let d = kessai_testkit::receive_one(&mut consumer, Duration::from_secs(5)).await;
+            let taken = (d.payload.clone(), d.headers.clone());
+            d.ack().await.unwrap();
+            taken
+        }
+
+        async fn dead_letter_reason(&self) -> String {
+            let (_, headers) = self.take(&dead_letter_queue(self.runtime.queue())).await;
+            headers[DEAD_LETTER_REASON].clone()
+        }
+    }
+
+    fn keyed() -> RuntimeConfig {
+        RuntimeConfig {
+            message_key: Some(MessageKey::new(KEY).unwrap()),
+            ..RuntimeConfig::default()
+        }
+    }
+
+    const DEAD: BatchReport = BatchReport {
+        replied: 0,
+        dead_lettered: 1,
+        requeued: 0,
+    };
+    const REPLIED: BatchReport = BatchReport {
+        replied: 1,
+        dead_lettered: 0,
+        requeued: 0,
+    };
+
+    #[test]
+    fn answers_only_to_configured_reply_queues() {
+        let config = RuntimeConfig {
+            topology: Topology::new("acme"),
+            ..RuntimeConfig::default()
+        };
+        assert!(config.answers_to("acme-coordinator-replies"));
+        assert!(!config.answers_to("kessai-coordinator-replies"));
+        assert!(!config.answers_to("attacker"));
+        let config = RuntimeConfig {
+            extra_reply_queues: vec!["audit-replies".into()],
+            ..config
+        };
+        assert!(config.answers_to("audit-replies"));
+        assert!(config.answers_to("acme-coordinator-replies"));
+    }
+
+    #[test]
+    fn the_key_is_never_printed() {
+        let shown = format!("{:?}", keyed());
+        assert!(!shown.contains("shared key"), "{shown}");
+        assert!(shown.contains("message_key"), "{shown}");
+    }
+
+    #[tokio::test]
+    async fn a_foreign_reply_to_is_dead_lettered_and_an_allowed_one_answered() {
+        let f = Fixture::new(RuntimeConfig {
+            extra_reply_queues: vec!["audit-replies".into()],
+            ..RuntimeConfig::default()
+        })
+        .await;
+        let foreign = f.try_to("attacker-queue");
+        assert_eq!(f.process(OutgoingMessage::new(foreign.encode())).await, DEAD);
+        let reason = f.dead_letter_reason().await;
+        assert!(reason.contains("reply_to \"attacker-queue\""), "{reason}");
+        assert_eq!(f.transport.ready_len("attacker-queue"), 0);
+        assert_eq!(
+            f.process(OutgoingMessage::new(f.try_to("audit-replies").encode()))
+                .await,
+            REPLIED
+        );
+        assert_eq!(f.process(OutgoingMessage::new(f.try_().encode())).await, REPLIED);
+        assert_eq!(f.transport.ready_len(&f.topology.reply_queue()), 1);
+    }
+
+    #[tokio::test]
+    async fn headers_beyond_the_limits_are_dead_lettered() {
+        let f = Fixture::new(RuntimeConfig::default()).await;
+        // Broker-level headers.
+        let mut message = OutgoingMessage::new(f.try_().encode());
+        message.headers.insert("n".repeat(200), "v".into());
+        assert_eq!(f.process(message).await, DEAD);
+        let reason = f.dead_letter_reason().await;
+        assert!(reason.starts_with("headers: header name"), "{reason}");
+        let mut message = OutgoingMessage::new(f.try_().encode());
+        message.headers.insert("note".into(), "a\nb".into());
+        assert_eq!(f.process(message).await, DEAD);
+        assert!(f.dead_letter_reason().await.contains("control characters"));
+        // The envelope's own.
+        let mut envelope = f.try_();
+        envelope.headers.insert("n".repeat(300), "v".into());
+        assert_eq!(f.process(OutgoingMessage::new(envelope.encode())).await, DEAD);
+        let reason = f.dead_letter_reason().await;
+        assert!(reason.contains("undecodable envelope: invalid envelope"), "{reason}");
+        assert!(reason.contains("300 bytes"), "{reason}");
+        // Nothing was answered; the next command is.
+        assert_eq!(f.transport.ready_len(&f.topology.reply_queue()), 0);
+        assert_eq!(f.process(OutgoingMessage::new(f.try_().encode())).await, REPLIED);
+    }
+
+    #[tokio::test]
+    async fn with_a_key_commands_must_be_signed_and_replies_are() {
+        let f = Fixture::new(keyed()).await;
+        let key = MessageKey::new(KEY).unwrap();
+        let command = f.try_().encode();
+        assert_eq!(f.process(OutgoingMessage::new(command.clone())).await, DEAD);
+        assert_eq!(f.dead_letter_reason().await, "unsigned message");
+        let mut forged = OutgoingMessage::new(command.clone());
+        let other = MessageKey::new(*b"not the shared key!!").unwrap();
+        forged
+            .headers
+            .insert(SIGNATURE_HEADER.into(), signing::sign(&other, &command));
+        assert_eq!(f.process(forged).await, DEAD);
+        assert_eq!(f.dead_letter_reason().await, "bad signature");
+        assert_eq!(f.transport.ready_len(&f.topology.reply_queue()), 0);
+
+        let mut envelope = f.try_();
+        envelope
+            .headers
+            .insert(SIGNATURE_HEADER.into(), "not mine to set".into());
+        envelope.headers.insert("traceparent".into(), "00-abc-def-01".into());
+        let payload = envelope.encode();
+        let mut signed = OutgoingMessage::new(payload.clone());
+        signed
+            .headers
+            .insert(SIGNATURE_HEADER.into(), signing::sign(&key, &payload));
+        assert_eq!(f.process(signed).await, REPLIED);
+        let (payload, headers) = f.take(&f.topology.reply_queue()).await;
+        assert_eq!(signing::verify(&key, &payload, &headers), Ok(()));
+        assert_eq!(headers["traceparent"], "00-abc-def-01");
+        let decoded = Envelope::decode(&payload).unwrap();
+        assert_eq!(decoded.as_reply().unwrap().outcome, Outcome::Ok);
+    }
+
+    #[tokio::test]
+    async fn without_a_key_signatures_are_ignored_and_nothing_is_signed() {
+        let f = Fixture::new(RuntimeConfig::default()).await;
+        let mut message = OutgoingMessage::new(f.try_().encode());
+        message.headers.insert(SIGNATURE_HEADER.into(), "whatever".into());
+        assert_eq!(f.process(message).await, REPLIED);
+        let (_, headers) = f.take(&f.topology.reply_queue()).await;
+        assert!(!headers.contains_key(SIGNATURE_HEADER));
     }
 }
