@@ -303,6 +303,12 @@ impl Coordinator {
         self.inner.waiters.len()
     }
 
+    /// The API client that submitted a saga (`None`: no such saga; `Some(None)`:
+    /// submitted in-process).
+    pub async fn client_of(&self, id: SagaId) -> Result<Option<Option<String>>, Error> {
+        store::client_of(&self.inner.db, id).await
+    }
+
     /// A saga with its branches and timeline.
     pub async fn saga(&self, id: SagaId) -> Result<Option<SagaView>, Error> {
         store::view(&self.inner.db, id).await

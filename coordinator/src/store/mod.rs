@@ -593,6 +593,17 @@ pub async fn state_of<C: ConnectionTrait>(db: &C, id: SagaId) -> Result<Option<S
         .transpose()
 }
 
+/// The API client that submitted saga `id`: `None` if there is no such saga,
+/// `Some(None)` for an in-process submission. One narrow read, for access checks.
+pub async fn client_of<C: ConnectionTrait>(db: &C, id: SagaId) -> Result<Option<Option<String>>, Error> {
+    Ok(saga::Entity::find_by_id(id.to_string())
+        .select_only()
+        .column(saga::Column::Client)
+        .into_tuple::<Option<String>>()
+        .one(db)
+        .await?)
+}
+
 /// Claims due sagas inside a write transaction: on PostgreSQL the rows are locked and
 /// rows locked by another coordinator are skipped; SQLite has a single writer.
 pub async fn claim_due<C: ConnectionTrait>(db: &C, now: i64, limit: u64) -> Result<Vec<SagaId>, Error> {

@@ -1,7 +1,7 @@
 //! The handlers of `/v1`. Each checks its scope first, then its input, then calls the
 //! coordinator; `docs/API.md` describes them for clients.
 
-use super::auth::{Principal, Scope};
+use super::auth::Scope;
 use super::error::{ApiError, ErrorBody};
 use super::input::{self, PaymentRequest, SagaRequest};
 use super::{Api, MAX_WAIT};
@@ -165,11 +165,6 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))
 }
 
-/// Whether `who` may see `view`: any saga with `read`, its own with `submit`.
-fn may_read(who: &Principal, view: &SagaView) -> bool {
-    who.has(Scope::Read) || view.client.as_deref() == Some(&*who.name)
-}
-
 /// A saga: state, branches, timeline; optionally waiting until it is over.
 #[utoipa::path(
     get, path = "/v1/sagas/{id}", tag = "sagas",
@@ -210,19 +205,21 @@ pub(super) async fn saga(
                 })
         })
         .transpose()?;
-    // Whose saga it is decides before any wait, so a client cannot even time another's.
+    // Whose saga it is decides before any wait, so a client cannot even time
+    // another's. (`read` sees every saga: no extra read for it.)
+    if !who.has(Scope::Read) {
+        let owner = api.coordinator.client_of(id).await?;
+        if owner.flatten().as_deref() != Some(&*who.name) {
+            return Err(ApiError::saga_not_found(id));
+        }
+    }
+    // `wait` reads the state first and returns at once for an unknown or finished
+    // saga, registering nothing that outlives this request.
+    if let Some(wait) = wait {
+        api.coordinator.wait(id, wait).await?;
+    }
     let Some(view) = api.coordinator.saga(id).await? else {
         return Err(ApiError::saga_not_found(id));
-    };
-    if !may_read(&who, &view) {
-        return Err(ApiError::saga_not_found(id));
-    }
-    let view = match wait {
-        Some(wait) if !view.state.is_terminal() => {
-            api.coordinator.wait(id, wait).await?;
-            api.coordinator.saga(id).await?.unwrap_or(view)
-        }
-        _ => view,
     };
     Ok(Json(view).into_response())
 }
