@@ -42,6 +42,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+mod common;
+
 // ---------------------------------------------------------------------------------
 // Brokers
 // ---------------------------------------------------------------------------------
@@ -94,12 +96,8 @@ async fn connect(broker: Broker) -> Option<Real> {
                 return None;
             }
             let config = SqsConfig {
-                endpoint_url: Some(endpoint),
-                region: "us-east-1".into(),
-                access_key_id: Some("test".into()),
-                secret_access_key: Some("test".into()),
                 visibility_timeout: Duration::from_secs(10),
-                ..SqsConfig::default()
+                ..common::sqs_config()
             };
             let transport = SqsTransport::connect(config).await.expect("SQS client");
             Some(Real {
@@ -155,15 +153,7 @@ async fn delete_queues(real: &Real, queues: &[String]) {
             .await;
         }
         Broker::Sqs => {
-            let endpoint = testing::sqs_endpoint();
-            let Ok(sqs) = SqsTransport::connect(SqsConfig {
-                endpoint_url: Some(endpoint),
-                access_key_id: Some("test".into()),
-                secret_access_key: Some("test".into()),
-                ..SqsConfig::default()
-            })
-            .await
-            else {
+            let Ok(sqs) = SqsTransport::connect(common::sqs_config()).await else {
                 return;
             };
             for q in queues {

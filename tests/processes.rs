@@ -24,7 +24,7 @@ use kessai_participants::{Registry, database_name};
 use kessai_testkit::{
     amqp_url, broker_lock, host_port, postgres_url, require_postgres, require_rabbitmq, require_sqs, sqs_endpoint,
 };
-use kessai_transport::{AmqpConfig, AmqpTransport, SqsConfig, SqsTransport, Topology, Transport};
+use kessai_transport::{AmqpConfig, AmqpTransport, SqsTransport, Topology, Transport};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::fs::File;
@@ -34,6 +34,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod common;
 
 /// Every `FAIL_EVERY`-th payment draws on the frozen settlement account.
 const FAIL_EVERY: usize = 7;
@@ -419,7 +421,7 @@ impl Deployment {
                 Ok(t) => Arc::new(t),
                 Err(_) => return,
             },
-            Broker::Sqs => match SqsTransport::connect(sqs_config()).await {
+            Broker::Sqs => match SqsTransport::connect(common::sqs_config()).await {
                 Ok(t) => Arc::new(t),
                 Err(_) => return,
             },
@@ -457,15 +459,6 @@ impl Deployment {
 impl Drop for Deployment {
     fn drop(&mut self) {
         self.kill_all();
-    }
-}
-
-fn sqs_config() -> SqsConfig {
-    SqsConfig {
-        endpoint_url: Some(sqs_endpoint()),
-        access_key_id: Some("test".into()),
-        secret_access_key: Some("test".into()),
-        ..SqsConfig::default()
     }
 }
 

@@ -67,12 +67,8 @@ async fn sqs() -> Option<Broker> {
         return None;
     }
     let config = SqsConfig {
-        endpoint_url: Some(testing::sqs_endpoint()),
-        region: "us-east-1".into(),
-        access_key_id: Some("test".into()),
-        secret_access_key: Some("test".into()),
         visibility_timeout: Duration::from_secs(10),
-        ..SqsConfig::default()
+        ..common::sqs_config()
     };
     let transport = SqsTransport::connect(config).await.expect("SQS client");
     Some(Broker {

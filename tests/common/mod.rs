@@ -6,6 +6,18 @@ use kessai_coordinator::CoordinatorConfig;
 use kessai_messages::Currency;
 use kessai_messages::payment::{DEFAULT_SETTLEMENT_ACCOUNT, Payment};
 use kessai_participants::ledger::{FROZEN_SETTLEMENT_ACCOUNT, demo_account_id, demo_card_id};
+use kessai_transport::SqsConfig;
+
+/// A client of the SQS emulator (`kessai_testkit::sqs_endpoint`, test credentials).
+pub fn sqs_config() -> SqsConfig {
+    SqsConfig {
+        endpoint_url: Some(kessai_testkit::sqs_endpoint()),
+        region: "us-east-1".into(),
+        access_key_id: Some("test".into()),
+        secret_access_key: Some("test".into()),
+        ..SqsConfig::default()
+    }
+}
 
 /// A EUR payment from demo wallet `acct-<account>` and card `card-<card>`; `fail`
 /// settles it from the frozen account, so the bank's try refuses it and it cancels.
