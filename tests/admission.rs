@@ -93,7 +93,7 @@ async fn beyond_the_bound_submissions_get_429_and_leave_nothing_then_admitted_sa
         .map(|i| format!("admin/payment:adm-{i}"))
         .collect();
     assert!(
-        kessai_coordinator::store::by_keys(db, &refused_keys)
+        kessai_coordinator::store::existing(db, &refused_keys)
             .await
             .unwrap()
             .is_empty()

@@ -183,7 +183,7 @@ async fn insert_many_writes_the_batch(db: DatabaseConnection) {
         .collect();
     assert_eq!(order, expected);
     let keys: Vec<String> = sagas.iter().filter_map(|(n, _, _)| n.idempotency_key.clone()).collect();
-    assert_eq!(store::by_keys(&db, &keys).await.unwrap().len(), 3);
+    assert_eq!(store::existing(&db, &keys).await.unwrap().len(), 3);
     assert_eq!(store::state_of(&db, SagaId::new()).await.unwrap(), None);
 }
 

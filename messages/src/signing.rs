@@ -79,6 +79,25 @@ pub fn verify(key: &MessageKey, payload: &[u8], headers: &BTreeMap<String, Strin
         .map_err(|_| "bad signature".to_owned())
 }
 
+/// Signs an outgoing message when a key is configured: adds the signature of
+/// `payload` to its broker `headers`. With no key, leaves them as they are.
+pub fn seal(key: Option<&MessageKey>, payload: &[u8], headers: &mut BTreeMap<String, String>) {
+    if let Some(key) = key {
+        headers.insert(SIGNATURE_HEADER.to_owned(), sign(key, payload));
+    }
+}
+
+/// What every consumer checks before it parses a byte of a received message: its
+/// broker headers are within [`crate::limits`], and, when a key is configured, it is
+/// signed with it. `Err` holds the dead-letter reason.
+pub fn admit(key: Option<&MessageKey>, payload: &[u8], headers: &BTreeMap<String, String>) -> Result<(), String> {
+    crate::limits::check_headers(headers).map_err(|e| format!("headers: {e}"))?;
+    match key {
+        Some(key) => verify(key, payload, headers),
+        None => Ok(()),
+    }
+}
+
 fn from_hex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;

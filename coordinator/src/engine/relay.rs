@@ -19,7 +19,7 @@ use super::Inner;
 use crate::Error;
 use crate::store;
 use futures::future::join_all;
-use kessai_messages::{SIGNATURE_HEADER, signing};
+use kessai_messages::signing;
 use kessai_transport::{Headers, OutgoingMessage};
 use sea_orm::{DbBackend, TransactionTrait};
 use std::collections::{BTreeMap, HashSet};
@@ -113,9 +113,7 @@ async fn publish(
     for row in rows {
         let mut headers: Headers = serde_json::from_str(&row.headers).unwrap_or_default();
         let payload = row.payload.into_bytes();
-        if let Some(key) = &inner.config.message_key {
-            headers.insert(SIGNATURE_HEADER.to_owned(), signing::sign(key, &payload));
-        }
+        signing::seal(inner.config.message_key.as_ref(), &payload, &mut headers);
         let entry = by_queue.entry(row.queue).or_default();
         entry.0.push(row.id);
         entry.1 += u64::from(row.attempt.is_some_and(|a| a > 1));

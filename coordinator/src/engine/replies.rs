@@ -9,7 +9,7 @@ use super::Inner;
 use super::drive::{self, Tag};
 use crate::Error;
 use crate::machine::Event;
-use kessai_messages::{Body, Envelope, SagaId, limits, signing};
+use kessai_messages::{Body, Envelope, SagaId, signing};
 use kessai_transport::{ConsumeOptions, Consumer, Delivery};
 use std::sync::Arc;
 use std::time::Duration;
@@ -124,10 +124,7 @@ async fn handle(inner: &Inner, batch: Vec<Delivery>) -> Result<(), Error> {
 /// The event a delivery stands for, or why it is dead-lettered. The signature is
 /// checked before a byte of the payload is parsed.
 fn decode(inner: &Inner, d: &Delivery) -> Result<(SagaId, Event), String> {
-    limits::check_headers(&d.headers).map_err(|e| format!("headers: {e}"))?;
-    if let Some(key) = &inner.config.message_key {
-        signing::verify(key, &d.payload, &d.headers)?;
-    }
+    signing::admit(inner.config.message_key.as_ref(), &d.payload, &d.headers)?;
     let env = Envelope::decode(&d.payload).map_err(|e| e.to_string())?;
     match env.body {
         Body::Reply(r) => Ok((

@@ -654,28 +654,6 @@ fn parse_ids(ids: Vec<String>) -> Result<Vec<SagaId>, Error> {
         .collect()
 }
 
-/// Existing sagas for idempotency keys.
-pub async fn by_keys<C: ConnectionTrait>(db: &C, keys: &[String]) -> Result<HashMap<String, SagaId>, Error> {
-    if keys.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let rows: Vec<(String, Option<String>)> = saga::Entity::find()
-        .select_only()
-        .column(saga::Column::Id)
-        .column(saga::Column::IdempotencyKey)
-        .filter(saga::Column::IdempotencyKey.is_in(keys.to_vec()))
-        .into_tuple()
-        .all(db)
-        .await?;
-    let mut out = HashMap::new();
-    for (id, key) in rows {
-        if let Some(key) = key {
-            out.insert(key, SagaId::from_str(&id).map_err(|e| Error::Corrupt(e.to_string()))?);
-        }
-    }
-    Ok(out)
-}
-
 /// The saga an idempotency key names, with the request it was created from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Existing {

@@ -433,12 +433,7 @@ impl<P: Participant> ParticipantRuntime<P> {
             messaging.redelivered = delivery.redelivered,
         );
         // Before a byte of the payload is parsed: the broker headers, the signature.
-        if let Err(e) = limits::check_headers(&delivery.headers) {
-            return Err((delivery, format!("headers: {e}"), span));
-        }
-        if let Some(key) = &inner.config.message_key
-            && let Err(reason) = signing::verify(key, &delivery.payload, &delivery.headers)
-        {
+        if let Err(reason) = signing::admit(inner.config.message_key.as_ref(), &delivery.payload, &delivery.headers) {
             return Err((delivery, reason, span));
         }
         let envelope = match Envelope::decode(&delivery.payload) {
@@ -492,9 +487,7 @@ impl<P: Participant> ParticipantRuntime<P> {
                 .map(|(n, v)| (n.clone(), v.clone()))
                 .collect();
             let payload = reply.encode();
-            if let Some(key) = &inner.config.message_key {
-                headers.insert(SIGNATURE_HEADER.to_owned(), signing::sign(key, &payload));
-            }
+            signing::seal(inner.config.message_key.as_ref(), &payload, &mut headers);
             let message = OutgoingMessage {
                 payload,
                 headers,
