@@ -1,7 +1,7 @@
 //! The `kessai` command line.
 
 use clap::{Args, Parser, Subcommand};
-use kessai_client::{Client, ClientError, ListFilter, PaymentRequest, SagaId, SagaRequest, SagaView};
+use kessai_client::{Client, ClientError, ListFilter, PaymentRequest, SagaId, SagaRequest, render};
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,6 +12,10 @@ use std::time::Duration;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// How log lines (stderr) are written: `json` gives one object per line, with
+    /// `saga_id` and `trace_id` on lines logged while a saga is handled.
+    #[arg(long, global = true, value_enum, env = "KESSAI_LOG_FORMAT", default_value = "text")]
+    pub log_format: kessai_service::telemetry::LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -49,6 +53,17 @@ pub enum Command {
 }
 
 impl Command {
+    /// The OpenTelemetry service name (`OTEL_SERVICE_NAME` overrides it):
+    /// `kessai-coordinator`, `kessai-<participant>`, or `kessai` for the one-process
+    /// commands.
+    pub fn service_name(&self) -> String {
+        match self {
+            Command::Coordinator(_) => "kessai-coordinator".into(),
+            Command::Participant(args) => format!("kessai-{}", args.name),
+            _ => "kessai".into(),
+        }
+    }
+
     /// A long-running service (as opposed to a command that prints a report).
     pub fn is_service(&self) -> bool {
         #[cfg(feature = "harness")]
@@ -179,11 +194,14 @@ pub struct SagaArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum SagaCommand {
-    /// GET /v1/sagas/{id}: state, branches and timeline.
-    #[command(after_help = EXIT_STATUS)]
+    /// GET /v1/sagas/{id}: one saga in plain text — a header (kind, state, client,
+    /// times, duration, reason, trace), its branches, and its timeline with each
+    /// entry's offset from creation and, for an answer or a resend, the time since the
+    /// send it follows.
+    #[command(after_help = SHOW_HELP)]
     Show(SagaShowArgs),
-    /// GET /v1/sagas: sagas newest first, filtered, one page at a time.
-    #[command(after_help = EXIT_STATUS)]
+    /// GET /v1/sagas: sagas newest first, filtered, one page at a time, one line each.
+    #[command(after_help = LIST_HELP)]
     List(SagaListArgs),
     /// POST /v1/sagas/{id}/retry: resend at once what the saga waits on, recording you
     /// (the token's name) and the reason in its timeline. Needs the admin scope.
@@ -191,49 +209,98 @@ pub enum SagaCommand {
     Retry(SagaRetryArgs),
 }
 
+const SHOW_HELP: &str = "\
+Times are UTC. In the timeline, OFFSET is the time since the saga was created;
+SINCE SEND is, for an answer, the time since the command it answers was sent (the
+same branch, operation and send number) and, for a resend, the time since the
+previous send; OPERATOR names who asked for a retry. A saga flagged STUCK keeps resending its
+confirms or cancels: `kessai saga retry <id>` resends them at once.
+
+Exit status:
+  0  done
+  1  no answer (the API is unreachable or timed out), 429, or a server error (5xx):
+     trying again later may help
+  2  the request is wrong as given: the API refused it (a 4xx other than 429: bad
+     input, unauthorized, forbidden, not found), or the command line is wrong
+
+An API error prints its code, message and field on stderr.";
+
+const LIST_HELP: &str = "\
+Times are UTC. DURATION is how long a finished saga took, or how long an unfinished
+one has been running. `--since` counts back from this machine's clock. When there are
+more sagas than --limit, the last line prints the command for the next page.
+
+Exit status:
+  0  done
+  1  no answer (the API is unreachable or timed out), 429, or a server error (5xx):
+     trying again later may help
+  2  the request is wrong as given: the API refused it (a 4xx other than 429: bad
+     input, unauthorized, forbidden), or the command line is wrong (e.g. a --since
+     that is not a duration)
+
+An API error prints its code, message and field on stderr.";
+
 #[derive(Debug, Args)]
 pub struct SagaShowArgs {
+    /// The saga's id, a UUID (as `kessai submit` or `kessai saga list` printed it).
     #[arg(value_name = "SAGA_ID")]
     pub id: SagaId,
     /// Answer once the saga is over or this much time has passed, whichever is first
     /// (e.g. 5s, 500ms; at most 30s).
     #[arg(long, value_name = "DURATION", value_parser = parse_wait)]
     pub wait: Option<Duration>,
-    /// Print the saga as JSON.
+    /// Print the API's JSON answer as it came (pretty-printed) instead of text.
     #[arg(long)]
     pub json: bool,
 }
 
+/// The states `--state` takes (`stuck`: flagged stuck, whatever the state).
+const LIST_STATES: [&str; 6] = ["trying", "confirming", "cancelling", "confirmed", "cancelled", "stuck"];
+
 #[derive(Debug, Args)]
 pub struct SagaListArgs {
-    /// trying, confirming, cancelling, confirmed, cancelled, or stuck.
-    #[arg(long, value_name = "STATE")]
+    /// Only sagas in this state; `stuck` means flagged stuck, whatever the state.
+    #[arg(long, value_name = "STATE", value_parser = clap::builder::PossibleValuesParser::new(LIST_STATES))]
     pub state: Option<String>,
-    /// Only the stuck sagas.
+    /// Only the sagas flagged stuck (confirms or cancels resent many times without
+    /// success); combines with --state.
     #[arg(long)]
     pub stuck: bool,
     /// Only sagas of this kind (payment, generic, …).
     #[arg(long, value_name = "KIND")]
     pub kind: Option<String>,
-    /// Created after this time (Unix ms).
+    /// Only sagas submitted by this client (the name of its API token).
+    #[arg(long, value_name = "CLIENT")]
+    pub client: Option<String>,
+    /// Only sagas created within this span before now: 90s, 30m, 1h, 2d, 1d12h.
+    #[arg(
+        long,
+        value_name = "SPAN",
+        value_parser = parse_since,
+        allow_hyphen_values = true,
+        conflicts_with = "created_after"
+    )]
+    pub since: Option<Duration>,
+    /// Only sagas created at or after this time (Unix ms).
     #[arg(long, value_name = "MS", allow_hyphen_values = true)]
     pub created_after: Option<i64>,
-    /// Created before this time (Unix ms).
+    /// Only sagas created before this time (Unix ms).
     #[arg(long, value_name = "MS", allow_hyphen_values = true)]
     pub created_before: Option<i64>,
     /// Sagas per page, 1 to 500 (server default 50).
     #[arg(long, value_name = "N")]
     pub limit: Option<u32>,
-    /// Where the page starts: the next cursor the previous page printed.
+    /// Where the page starts: the cursor the previous page printed.
     #[arg(long, value_name = "CURSOR")]
     pub cursor: Option<String>,
-    /// Print the page as JSON.
+    /// Print the API's JSON answer as it came (pretty-printed) instead of a table.
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct SagaRetryArgs {
+    /// The saga's id, a UUID (as `kessai submit` or `kessai saga list` printed it).
     #[arg(value_name = "SAGA_ID")]
     pub id: SagaId,
     /// Why, for the saga's timeline.
@@ -246,6 +313,51 @@ pub struct SagaRetryArgs {
 
 fn parse_wait(s: &str) -> Result<Duration, String> {
     kessai_service::units::parse_duration(s)
+}
+
+/// A span back from now: what `parse_duration` reads (`90s`, `30m`, `1h`, `1m30s`),
+/// optionally after a number of days (`2d`, `1d12h`). Zero is refused: it lists nothing.
+fn parse_since(s: &str) -> Result<Duration, String> {
+    let bad = || format!("invalid span {s:?}: use e.g. 90s, 30m, 1h or 2d");
+    let t = s.trim();
+    let (days, rest) = match t.find(['d', 'D']) {
+        None => (0.0, t),
+        Some(i) => {
+            let days: f64 = t[..i].parse().map_err(|_| bad())?;
+            let rest = t[i + 1..].trim_start_matches("ays").trim_start_matches("ay");
+            (days, rest)
+        }
+    };
+    if !(days.is_finite() && (0.0..=36_500.0).contains(&days)) {
+        return Err(bad());
+    }
+    let rest = if rest.is_empty() {
+        Duration::ZERO
+    } else {
+        kessai_service::units::parse_duration(rest).map_err(|_| bad())?
+    };
+    let span = Duration::from_secs_f64(days * 86_400.0) + rest;
+    if span.is_zero() {
+        return Err(format!("{s:?} is no time at all: use e.g. 90s, 30m, 1h or 2d"));
+    }
+    Ok(span)
+}
+
+/// Writes `text` to stdout. A reader that went away (`| head`) is not an error.
+fn emit(text: &str) -> Result<(), Failure> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Failure::Other(format!("writing to stdout: {e}"))),
+        _ => Ok(()),
+    }
+}
+
+/// This machine's clock, Unix ms.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Why an API command failed.
@@ -379,30 +491,40 @@ async fn run_saga(args: SagaArgs) -> Result<(), Failure> {
     let client = args.api.client()?;
     match args.what {
         SagaCommand::Show(a) => {
-            let view = client.saga(a.id, a.wait).await.map_err(Failure::Client)?;
             if a.json {
-                print_json(&view)
+                let text = client.saga_json(a.id, a.wait).await.map_err(Failure::Client)?;
+                emit(&(render::pretty_json(&text) + "\n"))
             } else {
-                print_saga(&view);
-                Ok(())
+                let view = client.saga(a.id, a.wait).await.map_err(Failure::Client)?;
+                emit(&render::saga_view(&view, now_ms()))
             }
         }
-        SagaCommand::List(a) => {
+        SagaCommand::List(mut a) => {
+            // From here on the span is a fixed time, also in the next page's command.
+            if let Some(since) = a.since.take() {
+                let span = i64::try_from(since.as_millis()).unwrap_or(i64::MAX);
+                a.created_after = Some(now_ms().saturating_sub(span));
+            }
             let filter = ListFilter {
                 state: a.state.clone(),
                 stuck: a.stuck.then_some(true),
                 kind: a.kind.clone(),
+                client: a.client.clone(),
                 created_after: a.created_after,
                 created_before: a.created_before,
                 limit: a.limit,
                 cursor: a.cursor.clone(),
             };
-            let page = client.list(&filter).await.map_err(Failure::Client)?;
             if a.json {
-                return print_json(&page);
+                let text = client.list_json(&filter).await.map_err(Failure::Client)?;
+                return emit(&(render::pretty_json(&text) + "\n"));
             }
-            print_page(&page, &a);
-            Ok(())
+            let page = client.list(&filter).await.map_err(Failure::Client)?;
+            let mut text = render::saga_page(&page, now_ms());
+            if let Some(cursor) = &page.next_cursor {
+                text.push_str(&format!("next page: {}\n", next_page_command(&a, cursor)));
+            }
+            emit(&text)
         }
         SagaCommand::Retry(a) => {
             let r = client.retry(a.id, a.reason.as_deref()).await.map_err(Failure::Client)?;
@@ -421,179 +543,39 @@ async fn run_saga(args: SagaArgs) -> Result<(), Failure> {
     }
 }
 
-fn print_saga(v: &SagaView) {
-    let mut head = format!("saga {}  {}  {}", v.id, v.kind, v.state);
-    if v.stuck {
-        head.push_str("  STUCK");
+/// The `kessai saga list` that prints the page after `cursor`, with the same filters
+/// (a `--since` already turned into `--created-after`).
+fn next_page_command(args: &SagaListArgs, cursor: &str) -> String {
+    let mut again = String::from("kessai saga list");
+    for (flag, value) in [
+        ("--state", args.state.clone()),
+        ("--kind", args.kind.clone()),
+        ("--client", args.client.clone()),
+        ("--created-after", args.created_after.map(|v| v.to_string())),
+        ("--created-before", args.created_before.map(|v| v.to_string())),
+        ("--limit", args.limit.map(|v| v.to_string())),
+        ("--cursor", Some(cursor.to_owned())),
+    ] {
+        if let Some(v) = value {
+            again.push_str(&format!(" {flag} {}", shell_word(&v)));
+        }
     }
-    println!("{head}");
-    if let Some(client) = &v.client {
-        println!("  client:   {client}");
+    if args.stuck {
+        again.push_str(" --stuck");
     }
-    if let Some(key) = &v.idempotency_key {
-        println!("  key:      {key}");
-    }
-    println!("  created:  {}", utc(v.created_at_ms));
-    if let Some(f) = v.finished_at_ms {
-        println!(
-            "  finished: {} ({} after creation)",
-            utc(f),
-            elapsed(f - v.created_at_ms)
-        );
-    } else if let Some(u) = v.updated_at_ms {
-        println!("  updated:  {}", utc(u));
-    }
-    if let Some(reason) = &v.reason {
-        println!("  reason:   {reason}");
-    }
+    again
+}
 
-    println!();
-    if v.branches.is_empty() {
-        println!("branches: none");
+/// `s` as one shell word: as is when it is plain, single-quoted otherwise.
+fn shell_word(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/' | '@' | '+' | '='));
+    if plain {
+        s.to_owned()
     } else {
-        println!("branches:");
-        let mut rows = vec![row(["#", "PARTICIPANT", "STATE", "ATTEMPT", "LAST ERROR"])];
-        for b in &v.branches {
-            rows.push(vec![
-                b.branch_id.to_string(),
-                b.participant.clone(),
-                b.state.clone(),
-                b.attempt.to_string(),
-                b.last_error.clone().unwrap_or_else(|| "-".into()),
-            ]);
-        }
-        print_table(&rows);
+        format!("'{}'", render::clean(s).replace('\'', r"'\''"))
     }
-
-    println!();
-    if v.timeline.is_empty() {
-        println!("timeline: empty");
-    } else {
-        println!("timeline:");
-        let mut rows = vec![row(["AT", "EVENT", "BRANCH", "ACTOR", "DETAIL"])];
-        for e in &v.timeline {
-            let mut detail = e.detail.clone();
-            if let Some(reason) = &e.reason
-                && !detail.contains(reason.as_str())
-            {
-                detail.push_str(&format!(" (reason: {reason})"));
-            }
-            rows.push(vec![
-                format!("+{}", elapsed(e.at_ms - v.created_at_ms)),
-                e.kind.clone(),
-                e.branch_id.map_or_else(|| "-".into(), |b| b.to_string()),
-                e.actor.as_ref().map_or_else(|| "-".into(), |a| a.to_string()),
-                detail,
-            ]);
-        }
-        print_table(&rows);
-    }
-}
-
-fn print_page(page: &kessai_client::SagaPage, args: &SagaListArgs) {
-    if page.sagas.is_empty() {
-        println!("no sagas");
-    } else {
-        let mut rows = vec![row(["ID", "KIND", "STATE", "STUCK", "CLIENT", "CREATED", "REASON"])];
-        for s in &page.sagas {
-            rows.push(vec![
-                s.id.to_string(),
-                s.kind.clone(),
-                s.state.clone(),
-                if s.stuck { "yes" } else { "-" }.into(),
-                s.client.clone().unwrap_or_else(|| "-".into()),
-                utc(s.created_at_ms),
-                s.reason.clone().unwrap_or_else(|| "-".into()),
-            ]);
-        }
-        print_table(&rows);
-    }
-    if let Some(cursor) = &page.next_cursor {
-        let mut again = String::from("kessai saga list");
-        for (flag, value) in [
-            ("--state", args.state.clone()),
-            ("--kind", args.kind.clone()),
-            ("--created-after", args.created_after.map(|v| v.to_string())),
-            ("--created-before", args.created_before.map(|v| v.to_string())),
-            ("--limit", args.limit.map(|v| v.to_string())),
-        ] {
-            if let Some(v) = value {
-                again.push_str(&format!(" {flag} {v}"));
-            }
-        }
-        if args.stuck {
-            again.push_str(" --stuck");
-        }
-        println!("more: {again} --cursor {cursor}");
-    }
-}
-
-fn row<const N: usize>(cells: [&str; N]) -> Vec<String> {
-    cells.iter().map(|c| (*c).to_owned()).collect()
-}
-
-/// Left-aligned columns, two spaces apart, the last one unpadded.
-fn print_table(rows: &[Vec<String>]) {
-    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..columns)
-        .map(|c| {
-            rows.iter()
-                .filter_map(|r| r.get(c))
-                .map(|s| s.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    for r in rows {
-        let mut line = String::from(" ");
-        for (c, cell) in r.iter().enumerate() {
-            line.push(' ');
-            line.push_str(cell);
-            if c + 1 < r.len() {
-                let pad = widths[c] - cell.chars().count() + 1;
-                line.extend(std::iter::repeat_n(' ', pad));
-            }
-        }
-        println!("{}", line.trim_end());
-    }
-}
-
-/// `ms` as a short duration: `85 ms`, `1.234 s`, `2 min 5 s`.
-fn elapsed(ms: i64) -> String {
-    if ms.abs() < 1000 {
-        format!("{ms} ms")
-    } else if ms.abs() < 60_000 {
-        format!("{:.3} s", ms as f64 / 1000.0)
-    } else {
-        format!("{} min {} s", ms / 60_000, (ms % 60_000) / 1000)
-    }
-}
-
-/// Unix ms as `YYYY-MM-DD HH:MM:SS.mmm UTC`.
-fn utc(ms: i64) -> String {
-    let (secs, milli) = (ms.div_euclid(1000), ms.rem_euclid(1000));
-    let (days, day_secs) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{milli:03} UTC",
-        day_secs / 3600,
-        day_secs % 3600 / 60,
-        day_secs % 60
-    )
-}
-
-/// The proleptic Gregorian date `days` after 1970-01-01 (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 #[cfg(test)]
@@ -607,14 +589,70 @@ mod tests {
     }
 
     #[test]
-    fn timestamps_and_durations_read_well() {
-        assert_eq!(utc(0), "1970-01-01 00:00:00.000 UTC");
-        assert_eq!(utc(1_700_000_000_123), "2023-11-14 22:13:20.123 UTC");
-        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00.000 UTC");
-        assert_eq!(utc(-1), "1969-12-31 23:59:59.999 UTC");
-        assert_eq!(elapsed(85), "85 ms");
-        assert_eq!(elapsed(1234), "1.234 s");
-        assert_eq!(elapsed(125_000), "2 min 5 s");
+    fn since_takes_days_on_top_of_the_usual_durations() {
+        let ok = [
+            ("90s", 90),
+            ("30m", 1800),
+            ("1h", 3600),
+            ("2d", 2 * 86_400),
+            ("1d12h", 86_400 + 12 * 3600),
+            ("1day", 86_400),
+            ("3days", 3 * 86_400),
+            ("1.5d", 36 * 3600),
+        ];
+        for (text, secs) in ok {
+            assert_eq!(parse_since(text), Ok(Duration::from_secs(secs)), "{text}");
+        }
+        for bad in [
+            "", "garbage", "d", "2x", "-1h", "1h2d", "2dd", "0s", "0d", "1e9d", "NaNd",
+        ] {
+            let e = parse_since(bad).expect_err(bad);
+            assert!(e.contains("90s, 30m, 1h or 2d"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn list_flags_and_the_next_page() {
+        let cli = Cli::try_parse_from([
+            "kessai",
+            "saga",
+            "list",
+            "--since",
+            "1h",
+            "--state",
+            "stuck",
+            "--client",
+            "check out",
+            "--limit",
+            "2",
+        ])
+        .unwrap();
+        let Command::Saga(SagaArgs {
+            what: SagaCommand::List(mut list),
+            ..
+        }) = cli.command
+        else {
+            panic!("not saga list");
+        };
+        assert_eq!(list.since, Some(Duration::from_secs(3600)));
+        assert_eq!(list.state.as_deref(), Some("stuck"));
+        list.since = None;
+        list.created_after = Some(1_700_000_000_000);
+        assert_eq!(
+            next_page_command(&list, "0196a3c1-7d2e-7a51-9c1e-2f4b8d6e0a13"),
+            "kessai saga list --state stuck --client 'check out' --created-after 1700000000000 --limit 2 \
+             --cursor 0196a3c1-7d2e-7a51-9c1e-2f4b8d6e0a13"
+        );
+        assert_eq!(shell_word("it's"), r"'it'\''s'");
+
+        for bad in [
+            &["kessai", "saga", "list", "--state", "canceled"][..],
+            &["kessai", "saga", "list", "--since", "garbage"][..],
+            &["kessai", "saga", "list", "--since", "1h", "--created-after", "5"][..],
+        ] {
+            let e = Cli::try_parse_from(bad).expect_err("refused");
+            assert_eq!(e.exit_code(), 2, "{bad:?}");
+        }
     }
 
     #[test]

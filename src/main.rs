@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = kessai::cli::Cli::parse();
-    kessai_service::telemetry::init_logging_for(cli.command.is_service());
+    kessai_service::telemetry::init_logs(cli.command.is_service(), cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -13,7 +13,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(kessai::cli::run(cli)) {
+    let result = runtime.block_on(async {
+        // Inside the runtime: the gRPC exporter needs one.
+        let traces = kessai_service::telemetry::init_traces(&cli.command.service_name())?;
+        let result = kessai::cli::run(cli).await;
+        traces.shutdown();
+        result
+    });
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

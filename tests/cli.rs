@@ -4,7 +4,7 @@
 //! `kessai-client` library drives a generic saga. SIGTERM must stop the server cleanly
 //! and remove its temporary data folder.
 
-use kessai_client::{BranchRequest, Client, ClientError, SagaRequest};
+use kessai_client::{BranchRequest, Client, ClientError, SagaRequest, render};
 use serde_json::{Value, json};
 use std::io::Write;
 use std::path::PathBuf;
@@ -244,17 +244,16 @@ fn serve_and_the_command_line_client() {
     );
     assert!(timeline.iter().any(|e| e["actor"].is_string()), "{saga:#}");
 
-    // The human form: the summary, the branches table, the timeline with actors.
+    // The human form: the summary, the branches table, the timeline.
     let human = ["saga", "show", id.as_str()];
     let shown = ok(&human, &server.kessai(&human));
     for needle in [
         "confirmed",
-        "branches:",
+        "branches (3):",
         "balance",
         "card-issuer",
         "bank",
-        "timeline:",
-        "participant:",
+        "timeline (",
     ] {
         assert!(shown.contains(needle), "{needle:?} missing from:\n{shown}");
     }
@@ -468,5 +467,258 @@ fn the_help_documents_the_exit_status() {
             stdout.contains("KESSAI_URL") && stdout.contains("KESSAI_TOKEN"),
             "{stdout}"
         );
+    }
+}
+
+/// A payment's two outcomes through the submitting flags, and each's `saga show`.
+fn submit_payment(server: &Server, payment_id: &str, n: u32, settlement: Option<&str>) -> String {
+    let (account, card) = (format!("acct-{n}"), format!("card-{n}"));
+    let mut args = vec![
+        "submit",
+        "payment",
+        "--payment-id",
+        payment_id,
+        "--account",
+        &account,
+        "--card",
+        &card,
+        "--amount",
+        "300",
+        "--currency",
+        "EUR",
+        "--json",
+    ];
+    if let Some(s) = settlement {
+        args.extend(["--settlement-account", s]);
+    }
+    let out = server.kessai(&args);
+    ok_json(&args, &out)["saga_id"].as_str().expect("a saga id").to_owned()
+}
+
+/// The value of a header line `  <label>:  <value>` of `saga show`.
+fn header<'a>(shown: &'a str, label: &str) -> &'a str {
+    let prefix = format!("  {label}:");
+    shown
+        .lines()
+        .take_while(|l| !l.is_empty())
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no {label:?} line in:\n{shown}"))
+}
+
+/// The lines of a `saga show` section (`branches (3):`, `timeline (9 entries):`):
+/// its column heads, then one line per row.
+fn section<'a>(shown: &'a str, title: &str) -> Vec<&'a str> {
+    let mut lines = shown.lines().skip_while(|l| !l.starts_with(title));
+    assert!(lines.next().is_some(), "no {title:?} section in:\n{shown}");
+    lines.take_while(|l| !l.is_empty()).collect()
+}
+
+/// `YYYY-MM-DD HH:MM:SS.mmm UTC`.
+fn is_utc_ms(s: &str) -> bool {
+    let b = s.as_bytes();
+    s.len() == 27
+        && s.ends_with(" UTC")
+        && [4, 7].iter().all(|&i| b[i] == b'-')
+        && [13, 16].iter().all(|&i| b[i] == b':')
+        && b[19] == b'.'
+        && b[10] == b' '
+        && s[..23].chars().filter(char::is_ascii_digit).count() == 17
+}
+
+#[test]
+fn saga_show_and_list_read_well_in_a_terminal() {
+    let server = Server::start(TOKEN);
+    let confirmed = submit_payment(&server, "inspect-ok", 11, None);
+    let cancelled = submit_payment(&server, "inspect-refused", 12, Some("settlement-frozen"));
+    let rt = runtime();
+    let client = Client::new(&server.url, Some(TOKEN.into())).unwrap();
+
+    for (id, state) in [(&confirmed, "confirmed"), (&cancelled, "cancelled")] {
+        let args = ["saga", "show", id.as_str(), "--wait", "10s"];
+        let shown = ok(&args, &server.kessai(&args));
+        assert!(!shown.contains('\u{1b}'), "colour codes on a pipe:\n{shown}");
+
+        // The header.
+        assert_eq!(shown.lines().next(), Some(format!("saga {id}").as_str()), "{shown}");
+        assert_eq!(header(&shown, "kind"), "payment", "{shown}");
+        assert_eq!(header(&shown, "state"), state, "{shown}");
+        assert_eq!(header(&shown, "client"), "admin", "{shown}");
+        assert!(is_utc_ms(header(&shown, "created")), "{shown}");
+        assert!(is_utc_ms(header(&shown, "finished")), "{shown}");
+        let duration = header(&shown, "duration");
+        assert!(duration.ends_with("ms") || duration.ends_with('s'), "{shown}");
+        let trace_id = header(&shown, "trace id");
+        assert!(
+            trace_id == "-" || trace_id.chars().all(|c| c.is_ascii_hexdigit()),
+            "{shown}"
+        );
+        header(&shown, "trace link");
+
+        // Three branches, each on its line with its participant and final state.
+        let branches = section(&shown, "branches (3):");
+        assert_eq!(branches.len(), 4, "{shown}");
+        assert!(
+            branches[0].contains("PARTICIPANT") && branches[0].contains("LAST ERROR"),
+            "{shown}"
+        );
+        for (line, (n, participant)) in branches[1..]
+            .iter()
+            .zip([(0, "balance"), (1, "card-issuer"), (2, "bank")])
+        {
+            let cells: Vec<&str> = line.split_whitespace().collect();
+            assert_eq!(cells[..2], [n.to_string().as_str(), participant], "{shown}");
+            let expected = match (state, participant) {
+                ("cancelled", "bank") => "rejected",
+                _ => state,
+            };
+            assert_eq!(cells[2], expected, "{shown}");
+        }
+
+        // The timeline: one line per entry, each with its offset from creation; every
+        // participant's answer with the time since its command was sent.
+        let timeline = section(&shown, "timeline (");
+        assert!(
+            timeline[0].contains("OFFSET") && timeline[0].contains("SINCE SEND"),
+            "{shown}"
+        );
+        let entries = &timeline[1..];
+        // Confirmed: submitted, three try_ok, decided, three confirm_ok, finished.
+        // Cancelled: submitted, the bank's try_rejected, decided, two cancel_ok,
+        // finished (a try OK that lands after the decision changes nothing and is not
+        // recorded).
+        let (least_entries, least_answers) = if state == "confirmed" { (9, 6) } else { (6, 2) };
+        assert!(entries.len() >= least_entries, "{shown}");
+        for line in entries {
+            let cells: Vec<&str> = line.split_whitespace().collect();
+            assert!(cells[1].starts_with('+'), "no offset in {line:?}:\n{shown}");
+        }
+        assert!(
+            entries[0].contains("submitted") && entries[0].contains("+0ms"),
+            "{shown}"
+        );
+        let last = entries.last().unwrap();
+        assert!(last.contains("finished") && last.contains(state), "{shown}");
+        let answers: Vec<&&str> = entries.iter().filter(|l| l.contains("_ok ")).collect();
+        assert!(answers.len() >= least_answers, "{shown}");
+        for line in answers {
+            let cells: Vec<&str> = line.split_whitespace().collect();
+            // TIME OFFSET EVENT BRANCH PARTICIPANT OP SEND OUTCOME SINCE-SEND
+            assert_eq!(cells.len(), 9, "{line:?}:\n{shown}");
+            assert!(
+                cells[8].ends_with('s') && cells[8].starts_with(|c: char| c.is_ascii_digit()),
+                "{line:?}"
+            );
+        }
+
+        // The text is the library's rendering of the same answer.
+        let view = rt.block_on(client.saga(id.parse().unwrap(), None)).unwrap();
+        assert_eq!(shown, render::saga_view(&view, 0));
+
+        // --json: the API's answer, pretty-printed.
+        let args = ["saga", "show", id.as_str(), "--json"];
+        let out = server.kessai(&args);
+        let stdout = ok(&args, &out);
+        assert!(stdout.starts_with("{\n  \"id\": "), "{stdout}");
+        let json = ok_json(&args, &out);
+        assert_eq!(json["id"], id.as_str());
+        assert_eq!(json["state"], state);
+        assert!(json.get("trace_id").is_some(), "{json:#}");
+    }
+
+    // The cancel's reason, in the header and on the decision's line.
+    let args = ["saga", "show", cancelled.as_str()];
+    let shown = ok(&args, &server.kessai(&args));
+    let reason = header(&shown, "reason");
+    assert!(reason.contains("bank") && reason.contains("frozen"), "{shown}");
+    let decided = section(&shown, "timeline (")
+        .into_iter()
+        .find(|l| l.contains(" decided "))
+        .unwrap_or_else(|| panic!("no decision in:\n{shown}"));
+    assert!(decided.contains("cancel") && decided.contains(reason), "{shown}");
+    let args = ["saga", "show", confirmed.as_str()];
+    let shown = ok(&args, &server.kessai(&args));
+    assert!(!shown.contains("  reason:"), "{shown}");
+
+    // The list: the last hour's cancelled sagas are the cancelled one only.
+    let args = ["saga", "list", "--since", "1h", "--state", "cancelled"];
+    let listed = ok(&args, &server.kessai(&args));
+    assert!(listed.contains(&cancelled), "{listed}");
+    assert!(!listed.contains(&confirmed), "{listed}");
+    let lines: Vec<&str> = listed.lines().collect();
+    assert!(
+        lines[0].contains("ID") && lines[0].contains("CREATED (UTC)"),
+        "{listed}"
+    );
+    let row = lines.iter().find(|l| l.contains(&cancelled)).unwrap();
+    assert!(
+        row.contains("payment") && row.contains("cancelled") && row.contains("admin"),
+        "{listed}"
+    );
+    assert!(row.contains("rejected"), "the reason: {listed}");
+    assert_eq!(lines.last(), Some(&"1 saga"), "{listed}");
+
+    // Both within the last hour, none within a span that ended before they were made.
+    let args = ["saga", "list", "--since", "1h", "--client", "admin"];
+    let listed = ok(&args, &server.kessai(&args));
+    assert!(listed.contains(&cancelled) && listed.contains(&confirmed), "{listed}");
+    let args = ["saga", "list", "--since", "1h", "--client", "someone-else"];
+    assert_eq!(ok(&args, &server.kessai(&args)), "no sagas\n");
+    let args = ["saga", "list", "--since", "2d", "--state", "stuck", "--json"];
+    let page = ok_json(&args, &server.kessai(&args));
+    assert_eq!(page["sagas"], json!([]), "{page:#}");
+
+    // One a page: the command for the next page, and it works.
+    let args = ["saga", "list", "--since", "1h", "--limit", "1"];
+    let listed = ok(&args, &server.kessai(&args));
+    let next = listed
+        .lines()
+        .find_map(|l| l.strip_prefix("next page: kessai "))
+        .unwrap_or_else(|| panic!("no next page in:\n{listed}"));
+    assert!(next.contains("--created-after ") && !next.contains("--since"), "{next}");
+    let next: Vec<&str> = next.split_whitespace().collect();
+    let listed = ok(&next, &server.kessai(&next));
+    assert!(listed.contains(&confirmed) && !listed.contains(&cancelled), "{listed}");
+
+    // Garbage for --since: exit status 2, naming the flag and what it takes.
+    for bad in ["garbage", "1x", "0s", "-1h"] {
+        let args = ["saga", "list", "--since", bad];
+        let stderr = failed(&args, &server.kessai(&args), 2);
+        assert!(
+            stderr.contains("--since") && stderr.contains("e.g. 90s, 30m, 1h or 2d"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn show_and_list_help_explain_their_flags() {
+    let cases: [(&[&str], &[&str]); 2] = [
+        (
+            &["saga", "show", "--help"],
+            &["--wait", "--json", "OFFSET", "SINCE SEND", "UTC", "Exit status"],
+        ),
+        (
+            &["saga", "list", "--help"],
+            &[
+                "--state",
+                "stuck",
+                "--stuck",
+                "--kind",
+                "--client",
+                "--since",
+                "2d",
+                "--limit",
+                "--json",
+                "Exit status",
+            ],
+        ),
+    ];
+    for (args, needles) in cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_kessai")).args(args).output().unwrap();
+        let stdout = ok(args, &out);
+        for needle in needles {
+            assert!(stdout.contains(needle), "{args:?} lacks {needle:?}:\n{stdout}");
+        }
     }
 }

@@ -369,6 +369,7 @@ async fn insert_saga(db: &DatabaseConnection, now: i64, try_deadline: i64) -> Sa
         request: "{}".into(),
         branches,
         try_timeout_ms: try_deadline - now,
+        trace_parent: None,
     };
     store::insert(db, &routing(), &new, &saga, &actions, now)
         .await
@@ -564,6 +565,7 @@ async fn running_coordinator_race(dbs: &Databases) {
                 .map(|p| (p.to_string(), serde_json::json!({ "amount": 5 })))
                 .collect(),
             try_timeout_ms: 30_000,
+            trace_parent: None,
         })
         .await
         .expect("submit");

@@ -1213,3 +1213,294 @@ async fn client_errors_are_clear(api: u16) {
         );
     }
 }
+
+// ---- Traces ---------------------------------------------------------------------
+
+/// Spans an OTLP receiver got, in the fake collector's model (attribute values are
+/// their protobuf `Debug` form).
+type Spans = Arc<std::sync::Mutex<Vec<fake_opentelemetry_collector::ExportedSpan>>>;
+
+/// An OTLP/gRPC receiver (the fake collector, drained into `Spans` so that its bounded
+/// channel never holds up an export). Returns its endpoint.
+async fn grpc_receiver(spans: Spans) -> String {
+    let mut server = fake_opentelemetry_collector::FakeCollectorServer::start()
+        .await
+        .expect("start the OTLP gRPC receiver");
+    let endpoint = server.endpoint();
+    tokio::spawn(async move {
+        loop {
+            let got = server.exported_spans(1, Duration::from_millis(200)).await;
+            spans.lock().unwrap().extend(got);
+        }
+    });
+    endpoint
+}
+
+/// An OTLP/HTTP (protobuf) receiver: `POST /v1/traces`. Returns its base endpoint.
+async fn http_receiver(spans: Spans) -> String {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let spans = spans.clone();
+            async move {
+                let request = ExportTraceServiceRequest::decode(body).expect("an OTLP protobuf export");
+                let mut got = spans.lock().unwrap();
+                for resource in request.resource_spans {
+                    for scope in resource.scope_spans {
+                        got.extend(scope.spans.into_iter().map(Into::into));
+                    }
+                }
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    endpoint
+}
+
+#[tokio::test]
+async fn one_trace_per_saga_over_rabbitmq_exported_with_otlp_grpc() {
+    traces_over_rabbitmq("grpc").await;
+}
+
+#[tokio::test]
+async fn one_trace_per_saga_over_rabbitmq_exported_with_otlp_http() {
+    traces_over_rabbitmq("http/protobuf").await;
+}
+
+async fn traces_over_rabbitmq(protocol: &'static str) {
+    let _lock = broker_lock("rabbit", false);
+    if !require_postgres() || !require_rabbitmq() {
+        return;
+    }
+    let spans: Spans = Arc::default();
+    let endpoint = match protocol {
+        "grpc" => grpc_receiver(spans.clone()).await,
+        _ => http_receiver(spans.clone()).await,
+    };
+    let mut d = Deployment::new(Broker::Amqp);
+    let outcome = AssertUnwindSafe(trace_scenario(&mut d, &endpoint, protocol, &spans))
+        .catch_unwind()
+        .await;
+    d.clean_up(outcome.is_err()).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// The value of a string attribute, from its protobuf `Debug` form.
+fn attribute(span: &fake_opentelemetry_collector::ExportedSpan, key: &str) -> Option<String> {
+    let debug = span.attributes.get(key)?;
+    debug
+        .split_once("StringValue(\"")
+        .map(|(_, rest)| rest.split('"').next().unwrap_or_default().to_owned())
+        .or_else(|| {
+            debug
+                .split_once("IntValue(")
+                .map(|(_, rest)| rest.split(')').next().unwrap_or_default().to_owned())
+        })
+        .or_else(|| {
+            debug
+                .split_once("BoolValue(")
+                .map(|(_, rest)| rest.split(')').next().unwrap_or_default().to_owned())
+        })
+}
+
+async fn trace_scenario(d: &mut Deployment, endpoint: &str, protocol: &str, spans: &Spans) {
+    let link = "http://jaeger.example:16686/trace/{trace_id}";
+    for service in SERVICES {
+        d.start_with(
+            service,
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+                ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+                ("KESSAI_TELEMETRY__TRACE_URL", link),
+            ],
+        );
+    }
+    d.wait_ready().await;
+    let api = d.process("coordinator").port;
+
+    // A client's own trace: its traceparent becomes the saga's parent.
+    let client_trace = "0af7651916cd43dd8448eb211c80319c";
+    let client_span = "b7ad6b7169203331";
+    let traceparent = format!("00-{client_trace}-{client_span}-01");
+    let auth = bearer(ADMIN_TOKEN);
+    let (status, traced) = http_with(
+        api,
+        "POST",
+        "/v1/payments",
+        Some(&payment_body("tr-client", 11, 100)),
+        &[("Authorization", &auth), ("traceparent", &traceparent)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 202, "{traced}");
+    let (status, plain) = post_payment(api, ADMIN_TOKEN, &payment_body("tr-plain", 12, 100)).await;
+    assert_eq!(status, 202, "{plain}");
+    // An unknown account: the balance refuses its try and the saga is cancelled.
+    let refused = json!({
+        "payment_id": "tr-refused", "account_id": "acct-nobody", "card_id": demo_card_id(13),
+        "amount": 100, "currency": "EUR",
+    })
+    .to_string();
+    let (status, cancelled) = post_payment(api, ADMIN_TOKEN, &refused).await;
+    assert_eq!(status, 202, "{cancelled}");
+
+    let mut sagas = Vec::new();
+    for (submitted, state) in [(&traced, "confirmed"), (&plain, "confirmed"), (&cancelled, "cancelled")] {
+        let id = submitted["saga_id"].as_str().unwrap().to_owned();
+        let view = wait_over(api, ADMIN_TOKEN, &id).await;
+        assert_eq!(view["state"], state, "{view}");
+        let trace_id = view["trace_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no trace id: {view}"))
+            .to_owned();
+        assert_eq!(trace_id.len(), 32, "{view}");
+        assert_eq!(view["trace_url"], link.replace("{trace_id}", &trace_id), "{view}");
+        sagas.push((id, trace_id, state));
+    }
+    assert_eq!(sagas[0].1, client_trace, "the client's trace is the saga's");
+    assert_ne!(sagas[1].1, sagas[2].1, "each saga its own trace");
+
+    // Every span each saga makes: submit, 3 dispatches, 3 participant operations and 3
+    // replies per phase, and the saga span at its end.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let all = loop {
+        let all = spans.lock().unwrap().clone();
+        let complete = sagas.iter().all(|(id, _, _)| {
+            let of = |name: &str| {
+                all.iter()
+                    .filter(|s| s.name == name && attribute(s, "saga.id").as_deref() == Some(id))
+                    .count()
+            };
+            of("saga.submit") == 1 && of("saga") == 1 && of("tcc.dispatch") >= 5 && of("tcc.reply") >= 5
+        });
+        if complete {
+            break all;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "spans missing after 30 s ({} received): {:#?}",
+            all.len(),
+            all.iter()
+                .map(|s| (&s.name, attribute(s, "saga.id")))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let by_id: HashMap<&str, &fake_opentelemetry_collector::ExportedSpan> =
+        all.iter().map(|s| (s.span_id.as_str(), s)).collect();
+
+    for (id, trace_id, state) in &sagas {
+        let mine: Vec<_> = all
+            .iter()
+            .filter(|s| attribute(s, "saga.id").as_deref() == Some(id.as_str()))
+            .collect();
+        // One trace per saga: every span naming the saga is in the stored trace.
+        for s in &mine {
+            assert_eq!(&s.trace_id, trace_id, "{} of saga {id} in another trace", s.name);
+        }
+        let submit = mine.iter().find(|s| s.name == "saga.submit").unwrap();
+        let saga_span = mine.iter().find(|s| s.name == "saga").unwrap();
+        assert_eq!(saga_span.parent_span_id, submit.span_id);
+        assert_eq!(attribute(saga_span, "saga.state").as_deref(), Some(*state));
+        assert_eq!(attribute(saga_span, "saga.kind").as_deref(), Some("payment"));
+        assert!(saga_span.start_time_unix_nano <= submit.end_time_unix_nano);
+
+        let operations: Vec<_> = mine
+            .iter()
+            .filter(|s| matches!(s.name.as_str(), "tcc.try" | "tcc.confirm" | "tcc.cancel"))
+            .collect();
+        assert!(
+            operations.len() >= 5,
+            "saga {id}: {} participant spans",
+            operations.len()
+        );
+        for op in &operations {
+            // The participant's span is the child of the coordinator's dispatch span
+            // for that very command.
+            let parent = by_id
+                .get(op.parent_span_id.as_str())
+                .unwrap_or_else(|| panic!("{} of saga {id}: parent {} not exported", op.name, op.parent_span_id));
+            assert_eq!(parent.name, "tcc.dispatch");
+            assert_eq!(parent.kind, "SPAN_KIND_PRODUCER");
+            assert_eq!(op.kind, "SPAN_KIND_CONSUMER");
+            assert_eq!(
+                parent.parent_span_id, submit.span_id,
+                "dispatches hang off the saga's root"
+            );
+            for key in ["tcc.branch", "tcc.participant", "tcc.operation", "tcc.attempt"] {
+                assert_eq!(attribute(op, key), attribute(parent, key), "{key}");
+            }
+            for key in [
+                "saga.id",
+                "tcc.branch",
+                "tcc.participant",
+                "tcc.operation",
+                "tcc.attempt",
+                "tcc.outcome",
+                "tcc.barrier",
+                "messaging.system",
+                "messaging.destination.name",
+                "messaging.operation",
+            ] {
+                assert!(
+                    op.attributes.contains_key(key),
+                    "{} lacks {key}: {:?}",
+                    op.name,
+                    op.attributes
+                );
+            }
+            assert_eq!(attribute(op, "messaging.system").as_deref(), Some("rabbitmq"));
+            assert_eq!(format!("tcc.{}", attribute(op, "tcc.operation").unwrap()), op.name);
+        }
+        // Each reply the coordinator applied is the child of the participant's span.
+        for reply in mine.iter().filter(|s| s.name == "tcc.reply") {
+            let parent = by_id
+                .get(reply.parent_span_id.as_str())
+                .expect("the reply's parent exported");
+            assert!(
+                matches!(parent.name.as_str(), "tcc.try" | "tcc.confirm" | "tcc.cancel"),
+                "a reply's parent is {}",
+                parent.name
+            );
+            assert_eq!(attribute(parent, "tcc.operation"), attribute(reply, "tcc.operation"));
+            assert_eq!(attribute(parent, "tcc.attempt"), attribute(reply, "tcc.attempt"));
+            assert_eq!(
+                attribute(parent, "tcc.participant"),
+                attribute(reply, "tcc.participant")
+            );
+        }
+        if *state == "cancelled" {
+            let refused = operations
+                .iter()
+                .find(|s| s.name == "tcc.try" && attribute(s, "tcc.participant").as_deref() == Some("balance"))
+                .unwrap();
+            assert_eq!(attribute(refused, "tcc.outcome").as_deref(), Some("rejected"));
+            let status = refused.status.as_ref().expect("an error status");
+            assert_eq!(status.code, "STATUS_CODE_ERROR");
+            assert!(status.message.contains("unknown account"), "{status:?}");
+            assert!(attribute(saga_span, "saga.reason").is_some());
+        }
+    }
+
+    // The client's span is the parent of the API's server span, whose child is the
+    // submission: the saga joined the client's trace where the client made the call.
+    let traced_submit = all
+        .iter()
+        .find(|s| s.name == "saga.submit" && attribute(s, "saga.id").as_deref() == Some(sagas[0].0.as_str()))
+        .unwrap();
+    let server = by_id
+        .get(traced_submit.parent_span_id.as_str())
+        .expect("the HTTP span exported");
+    assert_eq!(server.name, "POST /v1/payments");
+    assert_eq!(server.kind, "SPAN_KIND_SERVER");
+    assert_eq!(server.parent_span_id, client_span);
+    assert_eq!(server.trace_id, client_trace);
+}

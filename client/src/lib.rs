@@ -6,8 +6,8 @@
 //! |---|---|---|
 //! | [`Client::submit_payment`] | `POST /v1/payments` | `submit` |
 //! | [`Client::submit_saga`] | `POST /v1/sagas` (with `Idempotency-Key`) | `submit` |
-//! | [`Client::saga`] | `GET /v1/sagas/{id}[?wait=]` | `submit` (own) / `read` |
-//! | [`Client::list`] | `GET /v1/sagas` | `read` |
+//! | [`Client::saga`], [`Client::saga_json`] | `GET /v1/sagas/{id}[?wait=]` | `submit` (own) / `read` |
+//! | [`Client::list`], [`Client::list_json`] | `GET /v1/sagas` | `read` |
 //! | [`Client::retry`] | `POST /v1/sagas/{id}/retry` | `admin` |
 //! | [`Client::stats`] | `GET /v1/stats` | `read` |
 //! | [`Client::health`] | `GET /healthz` | none |
@@ -39,10 +39,14 @@
 //! # Ok(()) }
 //! ```
 //!
+//! The `_json` forms return the body exactly as the server sent it; [`render`] turns
+//! a saga or a page of sagas into the plain text `kessai saga show|list` prints.
+//!
 //! Plain HTTP only (reqwest without TLS): reach an HTTPS endpoint through a
 //! TLS-terminating proxy.
 
 mod error;
+pub mod render;
 mod types;
 
 pub use error::ClientError;
@@ -173,6 +177,16 @@ impl Client {
     /// `GET /v1/sagas/{id}`. With `wait` (at most 30 s), the answer comes once the saga
     /// is over or the wait ends, whichever is first.
     pub async fn saga(&self, id: SagaId, wait: Option<Duration>) -> Result<SagaView, ClientError> {
+        Ok(self.call(self.saga_request(id, wait)?).await?.1)
+    }
+
+    /// [`Client::saga`], but the body exactly as the API sent it (checked to be JSON):
+    /// every field in the server's order, including those this client does not know.
+    pub async fn saga_json(&self, id: SagaId, wait: Option<Duration>) -> Result<String, ClientError> {
+        self.call_json(self.saga_request(id, wait)?).await
+    }
+
+    fn saga_request(&self, id: SagaId, wait: Option<Duration>) -> Result<RequestBuilder, ClientError> {
         let mut url = self.url(&format!("v1/sagas/{id}"))?;
         let mut request_timeout = self.timeout;
         if let Some(wait) = wait {
@@ -180,18 +194,26 @@ impl Client {
                 .append_pair("wait", &format!("{}ms", wait.as_millis()));
             request_timeout += wait;
         }
-        let request = self.request_to(Method::GET, url).timeout(request_timeout);
-        Ok(self.call(request).await?.1)
+        Ok(self.request_to(Method::GET, url).timeout(request_timeout))
     }
 
     /// `GET /v1/sagas`: a page of sagas, newest first.
     pub async fn list(&self, filter: &ListFilter) -> Result<SagaPage, ClientError> {
+        Ok(self.call(self.list_request(filter)?).await?.1)
+    }
+
+    /// [`Client::list`], but the body exactly as the API sent it (checked to be JSON).
+    pub async fn list_json(&self, filter: &ListFilter) -> Result<String, ClientError> {
+        self.call_json(self.list_request(filter)?).await
+    }
+
+    fn list_request(&self, filter: &ListFilter) -> Result<RequestBuilder, ClientError> {
         let mut url = self.url("v1/sagas")?;
         let pairs = filter.query_pairs();
         if !pairs.is_empty() {
             url.query_pairs_mut().extend_pairs(pairs);
         }
-        Ok(self.call(self.request_to(Method::GET, url)).await?.1)
+        Ok(self.request_to(Method::GET, url))
     }
 
     /// `POST /v1/sagas/{id}/retry`: resend at once what the saga waits on, recording
@@ -268,6 +290,30 @@ impl Client {
 
     /// Sends, then reads a 2xx body as `T` or any other answer as an error.
     async fn call<T: DeserializeOwned>(&self, request: RequestBuilder) -> Result<(u16, T), ClientError> {
+        let (url, status, body) = self.call_raw(request).await?;
+        serde_json::from_slice(&body)
+            .map(|value| (status, value))
+            .map_err(|e| ClientError::Decode {
+                url: url.to_string(),
+                status,
+                message: format!("{e}"),
+            })
+    }
+
+    /// Sends, then returns a 2xx body as text, once checked to be JSON.
+    async fn call_json(&self, request: RequestBuilder) -> Result<String, ClientError> {
+        let (url, status, body) = self.call_raw(request).await?;
+        let decode = |message: String| ClientError::Decode {
+            url: url.to_string(),
+            status,
+            message,
+        };
+        serde_json::from_slice::<serde::de::IgnoredAny>(&body).map_err(|e| decode(format!("not JSON: {e}")))?;
+        String::from_utf8(body).map_err(|e| decode(format!("not UTF-8: {e}")))
+    }
+
+    /// Sends; a 2xx answer's URL, status and body, any other answer as an error.
+    async fn call_raw(&self, request: RequestBuilder) -> Result<(Url, u16, Vec<u8>), ClientError> {
         let (client, request) = request.build_split();
         let request = request.map_err(|e| ClientError::Invalid(format!("cannot build the request: {e}")))?;
         let url = request.url().clone();
@@ -278,13 +324,7 @@ impl Client {
         if !status.is_success() {
             return Err(ClientError::from_response(status.as_u16(), retry_after, &body));
         }
-        serde_json::from_slice(&body)
-            .map(|value| (status.as_u16(), value))
-            .map_err(|e| ClientError::Decode {
-                url: url.to_string(),
-                status: status.as_u16(),
-                message: format!("{e}"),
-            })
+        Ok((url, status.as_u16(), body.to_vec()))
     }
 }
 

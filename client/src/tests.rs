@@ -188,6 +188,7 @@ async fn lists_with_its_filters_in_the_query() {
             state: Some("trying".into()),
             stuck: Some(true),
             kind: Some("generic".into()),
+            client: Some("ci".into()),
             created_after: Some(1),
             created_before: Some(9),
             limit: Some(10),
@@ -200,7 +201,7 @@ async fn lists_with_its_filters_in_the_query() {
     let request = server.await.unwrap();
     assert!(
         request.starts_with(
-            "GET /v1/sagas?state=trying&stuck=true&kind=generic&created_after=1&created_before=9&limit=10&cursor=a+b%26c HTTP/1.1\r\n"
+            "GET /v1/sagas?state=trying&stuck=true&kind=generic&client=ci&created_after=1&created_before=9&limit=10&cursor=a+b%26c HTTP/1.1\r\n"
         ),
         "{request}"
     );
@@ -292,4 +293,62 @@ fn bad_urls_and_tokens_are_refused_up_front() {
     let c = Client::new("http://h:1/api?x=1", Some(String::new())).unwrap();
     assert_eq!(c.base_url().as_str(), "http://h:1/api/");
     assert!(format!("{c:?}").contains("token: None"));
+}
+
+#[tokio::test]
+async fn the_json_forms_return_the_body_as_sent() {
+    // Fields out of alphabetical order, an actor object, a field this client does not know.
+    let body = format!(
+        r#"{{"id": "{ID}", "state": "confirmed", "kind": "payment", "created_at_ms": 1, "zeta": 1,
+            "timeline": [{{"at_ms": 1, "kind": "try_ok", "actor": {{"participant": "bank"}}}}]}}"#
+    );
+    let (url, server) = serve_once(response("200 OK", &[], &body)).await;
+    let client = Client::new(&url, Some("t".into())).unwrap();
+    let text = client.saga_json(ID.parse().unwrap(), None).await.unwrap();
+    assert_eq!(text, body);
+    assert!(
+        server
+            .await
+            .unwrap()
+            .starts_with(&format!("GET /v1/sagas/{ID} HTTP/1.1\r\n"))
+    );
+
+    let body = r#"{"sagas": [], "next_cursor": null}"#;
+    let (url, server) = serve_once(response("200 OK", &[], body)).await;
+    let client = Client::new(&url, Some("t".into())).unwrap();
+    let filter = ListFilter {
+        client: Some("checkout".into()),
+        ..ListFilter::default()
+    };
+    assert_eq!(client.list_json(&filter).await.unwrap(), body);
+    assert!(
+        server
+            .await
+            .unwrap()
+            .starts_with("GET /v1/sagas?client=checkout HTTP/1.1\r\n")
+    );
+
+    // A 200 that is not JSON is still a decode error.
+    let (url, _server) = serve_once(response("200 OK", &[], "<html>")).await;
+    let e = Client::new(&url, None)
+        .unwrap()
+        .saga_json(ID.parse().unwrap(), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ClientError::Decode { status: 200, .. }), "{e:?}");
+}
+
+#[test]
+fn trace_fields_are_read_when_present_and_none_when_absent() {
+    let older = format!(r#"{{"id": "{ID}", "kind": "payment", "state": "trying", "created_at_ms": 1}}"#);
+    let view: SagaView = serde_json::from_str(&older).unwrap();
+    assert_eq!((view.trace_id, view.trace_url), (None, None));
+    let newer = format!(
+        r#"{{"id": "{ID}", "kind": "payment", "state": "trying", "created_at_ms": 1,
+            "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "trace_url": "http://jaeger/trace/4bf9"}}"#
+    );
+    let view: SagaView = serde_json::from_str(&newer).unwrap();
+    assert_eq!(view.trace_id.as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+    assert_eq!(view.trace_url.as_deref(), Some("http://jaeger/trace/4bf9"));
+    assert!(view.extra.is_empty(), "{:?}", view.extra);
 }

@@ -85,6 +85,13 @@ pub struct SagaView {
     pub finished_at_ms: Option<i64>,
     #[serde(default)]
     pub try_deadline_ms: Option<i64>,
+    /// The trace this saga's spans belong to, when tracing recorded one.
+    #[serde(default)]
+    pub trace_id: Option<String>,
+    /// A link to that trace in the tracing backend, when the server knows one (servers
+    /// that predate it leave it out).
+    #[serde(default)]
+    pub trace_url: Option<String>,
     /// What was submitted.
     #[serde(default)]
     pub request: serde_json::Value,
@@ -244,6 +251,8 @@ pub struct ListFilter {
     pub state: Option<String>,
     pub stuck: Option<bool>,
     pub kind: Option<String>,
+    /// The client (token name) that submitted the sagas.
+    pub client: Option<String>,
     /// Unix ms.
     pub created_after: Option<i64>,
     /// Unix ms.
@@ -266,6 +275,9 @@ impl ListFilter {
         }
         if let Some(k) = &self.kind {
             q.push(("kind", k.clone()));
+        }
+        if let Some(c) = &self.client {
+            q.push(("client", c.clone()));
         }
         if let Some(t) = self.created_after {
             q.push(("created_after", t.to_string()));

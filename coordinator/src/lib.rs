@@ -31,8 +31,11 @@
 pub mod clock;
 pub mod definitions;
 pub mod engine;
+pub mod inspect;
 pub mod machine;
+pub mod metrics;
 pub mod store;
+mod trace;
 
 pub use clock::{Clock, ManualClock, SystemClock, TokioClock};
 pub use definitions::{BranchCheck, GenericSaga, PaymentSaga, SagaDefinition, SagaDefinitions, SagaPlan};

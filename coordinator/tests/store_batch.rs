@@ -68,6 +68,7 @@ fn new_sagas(n: usize) -> Vec<(NewSaga, Saga, Vec<Action>)> {
                 request: serde_json::json!({ "i": i }).to_string(),
                 branches,
                 try_timeout_ms: 60_000,
+                trace_parent: None,
             };
             (new, saga, actions)
         })

@@ -16,6 +16,7 @@ use kessai_participants::Registry;
 use kessai_participants::ledger::{DEMO_ACCOUNTS, FROZEN_SETTLEMENT_ACCOUNT};
 use kessai_service::config::Config;
 use kessai_service::health::{self, Health};
+use kessai_service::metrics::{ProcessMetrics, Runs};
 use kessai_transport::{MemoryTransport, Transport};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
@@ -41,6 +42,48 @@ pub struct ServeArgs {
     /// random token, printed at start.
     #[arg(long, value_name = "TOKEN")]
     pub admin_token: Option<String>,
+}
+
+/// Registers the metrics of everything an embedded stack runs, and hands them to its
+/// coordinator and participants: call before [`EmbeddedStack::start`], then pass the
+/// result to [`router`].
+pub fn with_metrics(config: &mut StackConfig) -> ProcessMetrics {
+    let metrics = ProcessMetrics::new(Runs {
+        coordinator: true,
+        participants: true,
+    });
+    config.coordinator.metrics = metrics.coordinator.clone();
+    config.participant.metrics = metrics.participants.clone();
+    metrics
+}
+
+/// The embedded stack's HTTP surface, as `kessai serve` serves it: `/healthz`, the
+/// `/v1` API and `/ui`, and `/metrics` (open).
+pub fn router(stack: &EmbeddedStack, api: kessai_service::http::ApiConfig, metrics: ProcessMetrics) -> axum::Router {
+    let coordinator = stack.coordinator().clone();
+    let topology = &stack.config().coordinator.topology;
+    let queues = stack
+        .config()
+        .registry
+        .names()
+        .into_iter()
+        .map(|p| topology.command_queue(p))
+        .collect();
+    let metrics = metrics
+        .on_scrape(kessai_service::metrics::coordinator_refresh(coordinator.clone()))
+        .on_scrape(kessai_service::metrics::queue_refresh(
+            stack.config().participant.metrics.clone(),
+            stack.transport().clone(),
+            queues,
+        ));
+    health::router(Health::new(
+        "coordinator",
+        coordinator.db().clone(),
+        stack.transport().clone(),
+        topology.reply_queue(),
+    ))
+    .merge(kessai_service::http::router(coordinator, api))
+    .merge(kessai_service::metrics::router(Arc::new(metrics), None))
 }
 
 /// `kessai serve`.
@@ -84,23 +127,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut stack_config = StackConfig::new(registry.clone(), DatabaseUrls::sqlite(&dir, &registry));
     stack_config.coordinator = config.coordinator_config();
     stack_config.participant = config.participant_config();
+    let metrics = with_metrics(&mut stack_config);
     let transport: Arc<dyn Transport> = Arc::new(MemoryTransport::new());
-    let stack = EmbeddedStack::start(stack_config, transport.clone())
+    let stack = EmbeddedStack::start(stack_config, transport)
         .await
         .context("starting the embedded stack")?;
 
-    let coordinator = stack.coordinator().clone();
-    let reply_queue = stack.config().coordinator.topology.reply_queue();
-    let router = health::router(Health::new(
-        "coordinator",
-        coordinator.db().clone(),
-        transport,
-        reply_queue,
-    ))
-    .merge(kessai_service::http::router(
-        coordinator,
-        kessai_service::http::ApiConfig::dev_admin(&token),
-    ));
+    let api = kessai_service::http::ApiConfig {
+        // A link to each saga's trace, e.g. Jaeger's http://localhost:16686/trace/{trace_id}.
+        trace_url: std::env::var("KESSAI_TELEMETRY__TRACE_URL")
+            .ok()
+            .filter(|u| !u.is_empty()),
+        ..kessai_service::http::ApiConfig::dev_admin(&token)
+    };
+    let router = router(&stack, api, metrics);
 
     // The banner before serving: whoever sees the API answer can read it already.
     print_banner(address, &token, &dir, temp.is_some(), &registry);
@@ -201,7 +241,8 @@ fn print_banner(address: SocketAddr, token: &str, dir: &std::path::Path, tempora
   demo:   wallets acct-1 … acct-{DEMO_ACCOUNTS}, cards card-1 … card-{DEMO_ACCOUNTS}; settlement account
           {FROZEN_SETTLEMENT_ACCOUNT} is frozen (the bank refuses it: the saga cancels)
   API:    {url}/v1   (described at {url}/v1/openapi.json)
-  health: {url}/healthz
+  web UI: {url}/ui   (paste the token)
+  health: {url}/healthz   metrics: {url}/metrics
   token:  {token}   (client \"admin\", every scope)
 
   try:

@@ -54,6 +54,8 @@ pub struct Config {
     pub security: SecuritySettings,
     /// Fault injection, for chaos runs only; off unless a probability is set.
     pub faults: FaultSettings,
+    /// Where SREs find a saga's trace (exporting itself is set by `OTEL_*`).
+    pub telemetry: TelemetrySettings,
 }
 
 impl Default for Config {
@@ -68,6 +70,7 @@ impl Default for Config {
             auth: AuthSettings::default(),
             security: SecuritySettings::default(),
             faults: FaultSettings::default(),
+            telemetry: TelemetrySettings::default(),
         }
     }
 }
@@ -234,6 +237,16 @@ impl Default for AuthSettings {
     }
 }
 
+/// `[telemetry]`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// A link to a saga's trace in the trace viewer, `{trace_id}` standing for its
+    /// trace id, e.g. Jaeger's `http://localhost:16686/trace/{trace_id}`. Shown by the
+    /// API (`trace_url`), `kessai saga show` and the web UI. Unset: no link.
+    pub trace_url: Option<String>,
+}
+
 /// `[security]`.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -386,6 +399,7 @@ impl Config {
                 request_timeout: Duration::from_millis(self.http.request_timeout_ms),
             },
             participants: participants.names().into_iter().map(str::to_owned).collect(),
+            trace_url: self.telemetry.trace_url.clone(),
         })
     }
 

@@ -28,6 +28,7 @@ pub mod config;
 pub mod fault_control;
 pub mod health;
 pub mod http;
+pub mod metrics;
 pub mod service;
 pub mod telemetry;
 pub mod units;

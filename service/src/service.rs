@@ -8,8 +8,8 @@
 //!    participant seeds the demo data if `participant.seed_demo` says so;
 //! 3. connect the transport and declare the queue it consumes, **waiting with backoff
 //!    while the broker is unreachable** (containers start in any order);
-//! 4. start the service, then serve `/healthz` (and on the coordinator the HTTP API)
-//!    on `http.listen`;
+//! 4. start the service, then serve `/healthz` and `/metrics` (and on the coordinator
+//!    the HTTP API and the web UI) on `http.listen`;
 //! 5. run until SIGTERM or SIGINT, then stop gracefully: stop taking HTTP requests,
 //!    stop consuming, finish in-flight batches, flush the outbox. A second signal
 //!    exits at once (nothing is lost: unacknowledged messages are redelivered and the
@@ -23,12 +23,14 @@ use crate::config::Config;
 use crate::config::TransportKind;
 use crate::fault_control;
 use crate::health::{self, Health};
+use crate::metrics::{ProcessMetrics, Runs};
 use anyhow::Context;
 use clap::Args;
 use clap::builder::PossibleValuesParser;
 use kessai_coordinator::{Coordinator, CoordinatorConfig, GenericSaga, SagaDefinitions, SystemClock};
 use kessai_migrations::CoordinatorMigrator;
 use kessai_participants::Registry;
+use kessai_participants::RuntimeConfig;
 use kessai_transport::{TaskEnd, Tasks, Transport};
 use sea_orm::DatabaseConnection;
 use std::path::PathBuf;
@@ -87,11 +89,16 @@ pub async fn run_coordinator_in(registry: &Registry, args: CoordinatorArgs) -> a
     };
     let (transport, faults) = fault_control::wrap("coordinator", transport, config.faults.fault_config()?)?;
     let listener = bind(&config.http.listen).await?;
+    let metrics = ProcessMetrics::new(Runs {
+        coordinator: true,
+        participants: false,
+    });
     let (coordinator, tasks) = Coordinator::start(
         db.clone(),
         transport.clone(),
         CoordinatorConfig {
             definitions: SagaDefinitions::default().with(GenericSaga::checked(registry.branch_check())),
+            metrics: metrics.coordinator.clone(),
             ..config.coordinator_config()
         },
         Arc::new(SystemClock),
@@ -100,8 +107,11 @@ pub async fn run_coordinator_in(registry: &Registry, args: CoordinatorArgs) -> a
     .context("starting the coordinator")?;
     let api = config.api_config(registry)?;
     let admin = api.auth.clone();
+    let metrics = Arc::new(metrics.on_scrape(crate::metrics::coordinator_refresh(coordinator.clone())));
+    let scrape_auth = (!config.auth.metrics_public).then(|| admin.clone());
     let router = health::router(Health::new("coordinator", db.clone(), transport, reply_queue))
         .merge(crate::http::router(coordinator, api))
+        .merge(crate::metrics::router(metrics, scrape_auth))
         .merge(fault_router(faults, admin));
     supervise("coordinator", tasks, listener, router, stop, db).await
 }
@@ -135,9 +145,24 @@ pub async fn run_participant_in(registry: &Registry, args: ParticipantArgs) -> a
     };
     let (transport, faults) = fault_control::wrap(p.name(), transport, config.faults.fault_config()?)?;
     let listener = bind(&config.http.listen).await?;
-    let tasks = p.start(db.clone(), transport.clone(), config.participant_config());
+    let metrics = ProcessMetrics::new(Runs {
+        coordinator: false,
+        participants: true,
+    });
+    let runtime_config = RuntimeConfig {
+        metrics: metrics.participants.clone(),
+        ..config.participant_config()
+    };
+    let tasks = p.start(db.clone(), transport.clone(), runtime_config);
     let admin = config.api_auth().map_err(|e| anyhow::anyhow!(e))?;
-    let router = health::router(Health::new(p.name(), db.clone(), transport, queue)).merge(fault_router(faults, admin));
+    let refresh = crate::metrics::queue_refresh(metrics.participants.clone(), transport.clone(), vec![queue.clone()]);
+    let scrape_auth = (!config.auth.metrics_public).then(|| admin.clone());
+    let router = health::router(Health::new(p.name(), db.clone(), transport, queue))
+        .merge(crate::metrics::router(
+            Arc::new(metrics.on_scrape(refresh)),
+            scrape_auth,
+        ))
+        .merge(fault_router(faults, admin));
     supervise(p.name(), tasks, listener, router, stop, db).await
 }
 

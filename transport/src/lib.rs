@@ -48,9 +48,11 @@
 pub mod amqp;
 pub mod faults;
 pub mod memory;
+pub mod metrics;
 #[cfg(feature = "sqs")]
 pub mod sqs;
 pub mod tasks;
+pub mod trace;
 
 use async_trait::async_trait;
 use std::collections::BTreeMap;

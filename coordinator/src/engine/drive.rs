@@ -76,7 +76,12 @@ async fn drive_in(
             );
             continue;
         };
-        let span = debug_span!("saga_apply", saga.id = %id, saga.state = before.saga.state.as_str());
+        let span = debug_span!(
+            "saga_apply",
+            saga_id = %id,
+            trace_id = before.trace_parent.as_deref().and_then(|t| t.get(3..35)),
+            saga.state = before.saga.state.as_str()
+        );
         let entered = span.enter();
         let mut saga = before.saga.clone();
         let mut actions = Vec::new();
@@ -111,7 +116,25 @@ async fn drive_in(
         if saved {
             out.saved += 1;
             wrote_outbox |= actions.iter().any(|a| matches!(a, Action::Send { .. }));
+            for (branch, operation, _) in actions.iter().filter_map(Action::as_send).filter(|s| s.2 > 1) {
+                if let Some(b) = saga.branches.get(branch.0 as usize) {
+                    inner.config.metrics.resent(&b.participant, operation.as_str());
+                }
+            }
             if saga.state.is_terminal() && !before.saga.state.is_terminal() {
+                crate::trace::finished(
+                    before.trace_parent.as_deref(),
+                    saga.id,
+                    &before.kind,
+                    before.created_at_ms,
+                    saga.state,
+                    saga.reason.as_deref(),
+                );
+                let seconds = (now - before.created_at_ms).max(0) as f64 / 1000.0;
+                inner
+                    .config
+                    .metrics
+                    .saga_finished(&before.kind, saga.state.as_str(), seconds);
                 out.finished.push((saga.id, saga.state));
             }
         } else {

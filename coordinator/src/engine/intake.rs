@@ -130,5 +130,8 @@ async fn insert_all(inner: &Inner, requests: &[&NewSaga]) -> Result<Vec<Result<S
         .collect();
     store::insert_many(&txn, &inner.routing, &items, now).await?;
     txn.commit().await?;
+    for (new, _, _) in &fresh {
+        inner.config.metrics.saga_started(&new.kind);
+    }
     Ok(out)
 }

@@ -62,6 +62,8 @@ pub struct CoordinatorConfig {
     /// The key shared with the participants: with one, every command is signed and a
     /// reply without a valid signature is dead-lettered. `None`: nothing is signed.
     pub message_key: Option<kessai_messages::MessageKey>,
+    /// Where the coordinator counts what it does; register it to expose it.
+    pub metrics: crate::metrics::CoordinatorMetrics,
 }
 
 impl Default for CoordinatorConfig {
@@ -82,6 +84,7 @@ impl Default for CoordinatorConfig {
             wait_poll: Some(WAIT_POLL),
             definitions: SagaDefinitions::default(),
             message_key: None,
+            metrics: crate::metrics::CoordinatorMetrics::default(),
         }
     }
 }
@@ -239,6 +242,7 @@ impl Coordinator {
             request,
             branches: plan.branches,
             try_timeout_ms: try_timeout.as_millis() as i64,
+            trace_parent: None,
         })
         .await
     }
@@ -246,7 +250,21 @@ impl Coordinator {
     /// Submits any TCC saga. A repeated idempotency key returns the saga it names
     /// (`created: false`) if the request is the same, and
     /// [`Error::IdempotencyConflict`] if it is not; either way nothing is created.
-    pub async fn submit(&self, new: NewSaga) -> Result<Submitted, Error> {
+    ///
+    /// The submission gets a `saga.submit` span under the caller's current
+    /// OpenTelemetry context; a new saga keeps that span's context as its trace.
+    pub async fn submit(&self, mut new: NewSaga) -> Result<Submitted, Error> {
+        let cx = crate::trace::submit(&new.kind, new.client.as_deref());
+        if new.trace_parent.is_none() {
+            use opentelemetry::trace::TraceContextExt;
+            new.trace_parent = kessai_transport::trace::format_traceparent(cx.span().span_context());
+        }
+        let result = self.submit_traced(new).await;
+        crate::trace::submitted(&cx, &result);
+        result
+    }
+
+    async fn submit_traced(&self, new: NewSaga) -> Result<Submitted, Error> {
         if new.branches.is_empty() {
             return Err(Error::Invalid("a saga needs at least one branch".into()));
         }
@@ -286,6 +304,56 @@ impl Coordinator {
             .await
             .map_err(|_| Error::ShuttingDown)?;
         rx.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// The metrics this coordinator updates (see [`crate::metrics`]).
+    pub fn metrics(&self) -> &crate::metrics::CoordinatorMetrics {
+        &self.inner.config.metrics
+    }
+
+    /// Reads the gauges that describe the database and the broker into
+    /// [`metrics`](Self::metrics): sagas by state, stuck sagas, the outbox, the depth
+    /// of the reply queue and of every command queue published to (a queue whose depth
+    /// cannot be read in a second is left as it was), and admission. Call it before
+    /// encoding a scrape.
+    pub async fn refresh_metrics(&self) -> Result<(), Error> {
+        let inner = &self.inner;
+        let m = &inner.config.metrics;
+        let counts = self.state_counts().await?;
+        for (state, n) in [
+            (SagaState::Trying, counts.trying),
+            (SagaState::Confirming, counts.confirming),
+            (SagaState::Cancelling, counts.cancelling),
+            (SagaState::Confirmed, counts.confirmed),
+            (SagaState::Cancelled, counts.cancelled),
+        ] {
+            m.sagas
+                .get_or_create(&crate::metrics::StateLabels { state: state.as_str() })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        m.stuck.set(i64::try_from(counts.stuck).unwrap_or(i64::MAX));
+        let (depth, oldest) = store::outbox_depth(&inner.db).await?;
+        m.outbox_depth.set(i64::try_from(depth).unwrap_or(i64::MAX));
+        let age = oldest.map_or(0.0, |t| (inner.clock.now_ms() - t).max(0) as f64 / 1000.0);
+        m.outbox_oldest_age.set(age);
+        let mut queues: Vec<String> = inner.stats.published_by_queue().into_iter().map(|(q, _)| q).collect();
+        queues.push(inner.config.topology.reply_queue());
+        for queue in queues {
+            if let Ok(Ok(Some(n))) = tokio::time::timeout(Duration::from_secs(1), inner.transport.pending(&queue)).await
+            {
+                m.queue_depth
+                    .get_or_create(&crate::metrics::QueueLabels { queue })
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+        }
+        // A counter that follows admission's own count of refusals.
+        let refused = inner.admission.refused();
+        m.refused.inc_by(refused.saturating_sub(m.refused.get()));
+        m.unfinished
+            .set(i64::try_from(inner.admission.unfinished()).unwrap_or(i64::MAX));
+        m.admission_bound
+            .set(i64::try_from(inner.admission.bound()).unwrap_or(i64::MAX));
+        Ok(())
     }
 
     /// What the engine did so far (commands published, resends).

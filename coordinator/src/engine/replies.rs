@@ -9,8 +9,10 @@ use super::Inner;
 use super::drive::{self, Tag};
 use crate::Error;
 use crate::machine::Event;
+use crate::trace;
 use kessai_messages::{Body, Envelope, SagaId, signing};
 use kessai_transport::{ConsumeOptions, Consumer, Delivery};
+use opentelemetry::Context;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -75,9 +77,21 @@ async fn sleep_or_cancel(cancel: &CancellationToken, backoff: &mut Duration) {
 async fn handle(inner: &Inner, batch: Vec<Delivery>) -> Result<(), Error> {
     let mut events: Vec<(SagaId, Event, Tag)> = Vec::with_capacity(batch.len());
     let mut rejected: Vec<(usize, String)> = Vec::new();
+    // Each decoded reply's `tcc.reply` span, ended once its fate is known.
+    let mut spans: Vec<Option<(SagaId, Context)>> = vec![None; batch.len()];
+    // Each decoded reply's branch operation, outcome and round trip, for the metrics.
+    let mut timings: Vec<Option<Timing>> = vec![None; batch.len()];
+    let queue = inner.config.topology.reply_queue();
     for (i, d) in batch.iter().enumerate() {
         match decode(inner, d) {
-            Ok((saga, event)) => events.push((saga, event, Some(i))),
+            Ok((saga, event, sent_at)) => {
+                spans[i] = Some((
+                    saga,
+                    trace::reply(&d.headers, saga, &event, inner.transport.system(), &queue),
+                ));
+                timings[i] = Timing::of(&event, sent_at);
+                events.push((saga, event, Some(i)));
+            }
             Err(reason) => rejected.push((i, reason)),
         }
     }
@@ -85,11 +99,15 @@ async fn handle(inner: &Inner, batch: Vec<Delivery>) -> Result<(), Error> {
     let driven = match drive::drive(inner, drive::group(events)).await {
         Ok(d) => d,
         Err(e) => {
+            for (_, cx) in spans.iter().flatten() {
+                kessai_transport::trace::end_with(cx, vec![], Some(format!("not applied: {e}").into()));
+            }
             // Nothing committed: every delivery goes back, except those that are
             // poison whatever happens.
             let mut slots: Vec<Option<Delivery>> = batch.into_iter().map(Some).collect();
             for (i, reason) in rejected {
                 if let Some(d) = slots[i].take() {
+                    inner.config.metrics.dead_letters.record(&queue, &reason);
                     dead_letter(d, &reason).await;
                 }
             }
@@ -99,9 +117,21 @@ async fn handle(inner: &Inner, batch: Vec<Delivery>) -> Result<(), Error> {
             return Err(e);
         }
     };
+    end_spans(&mut spans, &driven);
+    let now = inner.clock.now_ms();
+    for i in drive::settled_ok(n, &driven) {
+        if let Some(t) = &timings[i] {
+            let seconds = (now - t.sent_at_ms).max(0) as f64 / 1000.0;
+            inner
+                .config
+                .metrics
+                .operation(&t.participant, t.operation, t.outcome, seconds);
+        }
+    }
     let mut slots: Vec<Option<Delivery>> = batch.into_iter().map(Some).collect();
     for (i, reason) in rejected.iter().chain(driven.invalid.iter()) {
         if let Some(d) = slots[*i].take() {
+            inner.config.metrics.dead_letters.record(&queue, reason);
             dead_letter(d, reason).await;
         }
     }
@@ -121,11 +151,73 @@ async fn handle(inner: &Inner, batch: Vec<Delivery>) -> Result<(), Error> {
     Ok(())
 }
 
+/// A reply's branch operation, for `kessai_branch_operation_duration_seconds`.
+#[derive(Clone)]
+struct Timing {
+    participant: String,
+    operation: &'static str,
+    outcome: &'static str,
+    sent_at_ms: i64,
+}
+
+impl Timing {
+    fn of(event: &Event, sent_at_ms: Option<i64>) -> Option<Timing> {
+        let Event::Reply {
+            participant,
+            operation,
+            outcome,
+            ..
+        } = event
+        else {
+            return None;
+        };
+        Some(Timing {
+            participant: participant.clone(),
+            operation: operation.as_str(),
+            outcome: trace::outcome_label(outcome),
+            sent_at_ms: sent_at_ms?,
+        })
+    }
+}
+
+/// Ends the replies' spans: dead-lettered ones with an error, requeued ones marked so,
+/// and those that ended their saga with its final state.
+fn end_spans(spans: &mut [Option<(SagaId, Context)>], driven: &drive::Driven) {
+    use kessai_transport::trace::{attr, end_with};
+    use opentelemetry::KeyValue;
+    for (i, reason) in &driven.invalid {
+        if let Some((_, cx)) = spans[*i].take() {
+            end_with(&cx, vec![], Some(format!("dead-lettered: {reason}").into()));
+        }
+    }
+    for i in &driven.conflicts {
+        if let Some((_, cx)) = spans[*i].take() {
+            end_with(&cx, vec![KeyValue::new("kessai.requeued", true)], None);
+        }
+    }
+    let finished: std::collections::HashMap<SagaId, &'static str> = driven
+        .finished
+        .iter()
+        .map(|(id, state)| (*id, state.as_str()))
+        .collect();
+    for (saga, cx) in spans.iter_mut().filter_map(Option::take) {
+        let attributes = match finished.get(&saga) {
+            Some(state) => vec![KeyValue::new(attr::SAGA_STATE, *state)],
+            None => Vec::new(),
+        };
+        end_with(&cx, attributes, None);
+    }
+}
+
 /// The event a delivery stands for, or why it is dead-lettered. The signature is
 /// checked before a byte of the payload is parsed.
-fn decode(inner: &Inner, d: &Delivery) -> Result<(SagaId, Event), String> {
+fn decode(inner: &Inner, d: &Delivery) -> Result<(SagaId, Event, Option<i64>), String> {
     signing::admit(inner.config.message_key.as_ref(), &d.payload, &d.headers)?;
     let env = Envelope::decode(&d.payload).map_err(|e| e.to_string())?;
+    let sent_at = env
+        .headers
+        .get(crate::store::SENT_AT_HEADER)
+        .and_then(|v| v.parse().ok());
     match env.body {
         Body::Reply(r) => Ok((
             env.saga_id,
@@ -136,6 +228,7 @@ fn decode(inner: &Inner, d: &Delivery) -> Result<(SagaId, Event), String> {
                 attempt: env.attempt,
                 outcome: r.outcome,
             },
+            sent_at,
         )),
         Body::Command(_) => Err("a command on the reply queue".into()),
     }

@@ -299,6 +299,7 @@ mod tests {
                 request: "{}".into(),
                 branches: vec![("sleepy".into(), serde_json::json!({"i": i}))],
                 try_timeout_ms,
+                trace_parent: None,
             })
             .await
             .unwrap();

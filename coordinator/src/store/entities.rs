@@ -28,6 +28,9 @@ pub mod saga {
         pub trace_id: Option<String>,
         /// The API client that submitted the saga; `None` in-process.
         pub client: Option<String>,
+        /// W3C `traceparent` of the span that submitted the saga; its later spans are
+        /// children of it.
+        pub trace_parent: Option<String>,
     }
 
     impl ActiveModelBehavior for ActiveModel {}

@@ -16,6 +16,7 @@ pub use crate::machine::timeline::{Actor, EventKind, EventOutcome};
 
 use crate::Error;
 use crate::machine::{Action, Branch, BranchState, Note, Saga, SagaState};
+use crate::trace;
 use entities::{branch, outbox, saga, saga_event};
 use kessai_messages::{BranchId, Command, Envelope, Operation, SagaId};
 use kessai_transport::Topology;
@@ -32,6 +33,11 @@ use std::str::FromStr;
 pub struct Loaded {
     pub saga: Saga,
     pub version: i64,
+    pub kind: String,
+    pub created_at_ms: i64,
+    /// The saga's trace context (`traceparent` of its submission span): every span
+    /// made for the saga later is its child.
+    pub trace_parent: Option<String>,
 }
 
 /// What a new saga is made of.
@@ -48,6 +54,9 @@ pub struct NewSaga {
     pub request: String,
     pub branches: Vec<(String, serde_json::Value)>,
     pub try_timeout_ms: i64,
+    /// The `traceparent` of the span that submitted it (see [`Loaded::trace_parent`]);
+    /// `None` with tracing off.
+    pub trace_parent: Option<String>,
 }
 
 /// Where commands go and replies come back.
@@ -63,7 +72,17 @@ impl Routing {
     /// only be handled twice. A try expires at the try deadline at the latest — after
     /// it the saga cancels anyway. A command its branch no longer waits on (answered in
     /// the same transition) is stale at once.
-    fn outbox_rows(&self, saga: &Saga, actions: &[Action], now: i64) -> Vec<outbox::ActiveModel> {
+    ///
+    /// Each command gets a `tcc.dispatch` span, a child of the saga's trace context,
+    /// whose context the command carries (`traceparent`): the participant's span for
+    /// it is that span's child.
+    fn outbox_rows(
+        &self,
+        saga: &Saga,
+        actions: &[Action],
+        now: i64,
+        trace_parent: Option<&str>,
+    ) -> Vec<outbox::ActiveModel> {
         let reply_to = self.topology.reply_queue();
         actions
             .iter()
@@ -71,7 +90,7 @@ impl Routing {
             .map(|(branch, operation, attempt)| {
                 let b = &saga.branches[branch.0 as usize];
                 let deadline = (operation == Operation::Try).then_some(saga.try_deadline);
-                let env = Envelope::command(
+                let mut env = Envelope::command(
                     saga.id,
                     branch,
                     operation,
@@ -83,6 +102,13 @@ impl Routing {
                         payload: b.payload.clone(),
                     },
                 );
+                let queue = self.topology.command_queue(&b.participant);
+                env.headers.insert(SENT_AT_HEADER.to_owned(), now.to_string());
+                if trace_parent.is_some() {
+                    let cx = trace::dispatch(trace_parent, saga.id, b, operation, attempt, &queue);
+                    kessai_transport::trace::inject(&cx, &mut env.headers);
+                    kessai_transport::trace::end(&cx);
+                }
                 let expires_at = match b.state.waiting() {
                     Some((op, _, resend_at)) if op == operation => resend_at.min(deadline.unwrap_or(i64::MAX)),
                     _ => now,
@@ -90,7 +116,7 @@ impl Routing {
                 outbox::ActiveModel {
                     id: NotSet,
                     saga_id: Set(saga.id.to_string()),
-                    queue: Set(self.topology.command_queue(&b.participant)),
+                    queue: Set(queue),
                     payload: Set(String::from_utf8(env.encode()).expect("JSON is UTF-8")),
                     headers: Set(serde_json::to_string(&env.headers).expect("serialises")),
                     created_at_ms: Set(now),
@@ -101,6 +127,11 @@ impl Routing {
             .collect()
     }
 }
+
+/// The envelope header with the Unix ms at which the coordinator decided a command.
+/// Participants copy a command's headers onto its reply, so the reply tells how long
+/// the round trip took (`kessai_branch_operation_duration_seconds`).
+pub const SENT_AT_HEADER: &str = "kessai-sent-ms";
 
 /// A send number as the `attempt` columns hold it.
 fn stored_attempt(attempt: u32) -> i32 {
@@ -176,6 +207,9 @@ fn decode_saga(row: &saga::Model, branches: Vec<Branch>) -> Result<Loaded, Error
             reason: row.reason.clone(),
         },
         version: row.version,
+        kind: row.kind.clone(),
+        created_at_ms: row.created_at_ms,
+        trace_parent: row.trace_parent.clone(),
     })
 }
 
@@ -303,6 +337,7 @@ pub async fn insert_many<C: ConnectionTrait>(
     // submissions still insert into a schema from before the column (the migration
     // tests write such rows). One statement must set the same columns on every row.
     let with_client = items.iter().any(|(new, _, _)| new.client.is_some());
+    let with_trace = items.iter().any(|(new, _, _)| new.trace_parent.is_some());
     let sagas: Vec<saga::ActiveModel> = items
         .iter()
         .map(|(new, saga, _)| saga::ActiveModel {
@@ -319,8 +354,17 @@ pub async fn insert_many<C: ConnectionTrait>(
             finished_at_ms: Set(None),
             reason: Set(None),
             request: Set(new.request.clone()),
-            trace_id: Set(None),
+            trace_id: Set(new
+                .trace_parent
+                .as_deref()
+                .and_then(kessai_transport::trace::parse_traceparent)
+                .map(|sc| sc.trace_id().to_string())),
             client: if with_client { Set(new.client.clone()) } else { NotSet },
+            trace_parent: if with_trace {
+                Set(new.trace_parent.clone())
+            } else {
+                NotSet
+            },
         })
         .collect();
     insert_rows(db, sagas).await?;
@@ -344,7 +388,10 @@ pub async fn insert_many<C: ConnectionTrait>(
         })
         .collect();
     insert_rows(db, branches).await?;
-    let effects: Vec<(&Saga, &[Action])> = items.iter().map(|(_, saga, actions)| (*saga, *actions)).collect();
+    let effects: Vec<(&Saga, &[Action], Option<&str>)> = items
+        .iter()
+        .map(|(new, saga, actions)| (*saga, *actions, new.trace_parent.as_deref()))
+        .collect();
     write_effects(db, routing, &effects, now).await
 }
 
@@ -353,17 +400,17 @@ pub async fn insert_many<C: ConnectionTrait>(
 async fn write_effects<C: ConnectionTrait>(
     db: &C,
     routing: &Routing,
-    items: &[(&Saga, &[Action])],
+    items: &[(&Saga, &[Action], Option<&str>)],
     now: i64,
 ) -> Result<(), Error> {
     let events: Vec<saga_event::ActiveModel> = items
         .iter()
-        .flat_map(|(saga, actions)| event_rows(saga.id, actions, now))
+        .flat_map(|(saga, actions, _)| event_rows(saga.id, actions, now))
         .collect();
     insert_rows(db, events).await?;
     let rows: Vec<outbox::ActiveModel> = items
         .iter()
-        .flat_map(|(saga, actions)| routing.outbox_rows(saga, actions, now))
+        .flat_map(|(saga, actions, trace)| routing.outbox_rows(saga, actions, now, *trace))
         .collect();
     insert_rows(db, rows).await
 }
@@ -529,7 +576,10 @@ async fn save_round<C: ConnectionTrait>(
         sql.push(" FROM v WHERE branches.saga_id = v.v_saga_id AND branches.branch_id = v.v_branch_id");
         db.execute_raw(sql.statement()).await?;
     }
-    let effects: Vec<(&Saga, &[Action])> = done.iter().map(|&i| (items[i].1, items[i].2)).collect();
+    let effects: Vec<(&Saga, &[Action], Option<&str>)> = done
+        .iter()
+        .map(|&i| (items[i].1, items[i].2, items[i].0.trace_parent.as_deref()))
+        .collect();
     write_effects(db, routing, &effects, now).await
 }
 
@@ -731,6 +781,21 @@ pub struct SagaSummary {
     pub finished_at_ms: Option<i64>,
 }
 
+/// A saga row as a line of a list.
+pub(crate) fn summary(row: saga::Model) -> Result<SagaSummary, Error> {
+    Ok(SagaSummary {
+        id: SagaId::from_str(&row.id).map_err(|e| Error::Corrupt(format!("saga id {:?}: {e}", row.id)))?,
+        state: SagaState::parse(&row.state).ok_or_else(|| Error::Corrupt(format!("saga state {:?}", row.state)))?,
+        kind: row.kind,
+        client: row.client,
+        stuck: row.stuck,
+        reason: row.reason,
+        created_at_ms: row.created_at_ms,
+        updated_at_ms: row.updated_at_ms,
+        finished_at_ms: row.finished_at_ms,
+    })
+}
+
 /// Sagas matching `filter`, newest first (saga ids are UUIDv7, so id order is creation
 /// order), at most `limit`.
 pub async fn list<C: ConnectionTrait>(db: &C, filter: &SagaFilter, limit: u64) -> Result<Vec<SagaSummary>, Error> {
@@ -757,22 +822,20 @@ pub async fn list<C: ConnectionTrait>(db: &C, filter: &SagaFilter, limit: u64) -
         q = q.filter(saga::Column::Id.lt(before.to_string()));
     }
     let rows = q.order_by_desc(saga::Column::Id).limit(limit).all(db).await?;
-    rows.into_iter()
-        .map(|row| {
-            Ok(SagaSummary {
-                id: SagaId::from_str(&row.id).map_err(|e| Error::Corrupt(format!("saga id {:?}: {e}", row.id)))?,
-                state: SagaState::parse(&row.state)
-                    .ok_or_else(|| Error::Corrupt(format!("saga state {:?}", row.state)))?,
-                kind: row.kind,
-                client: row.client,
-                stuck: row.stuck,
-                reason: row.reason,
-                created_at_ms: row.created_at_ms,
-                updated_at_ms: row.updated_at_ms,
-                finished_at_ms: row.finished_at_ms,
-            })
-        })
-        .collect()
+    rows.into_iter().map(summary).collect()
+}
+
+/// How many commands wait in the outbox, and when the oldest was written (Unix ms).
+pub async fn outbox_depth<C: ConnectionTrait>(db: &C) -> Result<(u64, Option<i64>), Error> {
+    let row: Option<(i64, Option<i64>)> = outbox::Entity::find()
+        .select_only()
+        .column_as(outbox::Column::Id.count(), "n")
+        .column_as(outbox::Column::CreatedAtMs.min(), "oldest")
+        .into_tuple()
+        .one(db)
+        .await?;
+    let (n, oldest) = row.unwrap_or((0, None));
+    Ok((u64::try_from(n).unwrap_or(0), oldest))
 }
 
 /// The oldest unsent commands.
@@ -819,8 +882,12 @@ pub struct SagaView {
     pub finished_at_ms: Option<i64>,
     pub try_deadline_ms: i64,
     pub wake_at_ms: Option<i64>,
-    /// The trace this saga's spans belong to, once tracing records it.
+    /// The OpenTelemetry trace of this saga: every span of it, in every service, from
+    /// its submission to its end. `None` for sagas submitted with tracing off.
     pub trace_id: Option<String>,
+    /// A link to that trace in the trace viewer, when one is configured (the API sets
+    /// it; `None` from the store).
+    pub trace_url: Option<String>,
     /// The client's request, as submitted.
     #[schema(value_type = Object)]
     pub request: serde_json::Value,
@@ -919,6 +986,7 @@ pub async fn view<C: ConnectionTrait>(db: &C, id: SagaId) -> Result<Option<SagaV
         try_deadline_ms: row.try_deadline_ms,
         wake_at_ms: row.wake_at_ms,
         trace_id: row.trace_id,
+        trace_url: None,
         request: serde_json::from_str(&row.request).unwrap_or(serde_json::Value::String(row.request)),
         branches: branches
             .into_iter()

@@ -75,6 +75,7 @@ fn new_saga(participants: &[&str], try_timeout_ms: i64) -> (NewSaga, Saga, Vec<A
         request: "{}".into(),
         branches,
         try_timeout_ms,
+        trace_parent: None,
     };
     (new, saga, actions)
 }

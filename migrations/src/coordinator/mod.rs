@@ -6,6 +6,7 @@ mod m20261122_000001_sagas;
 mod m20261201_000002_outbox_expiry;
 mod m20261201_000003_typed_timeline;
 mod m20261201_000004_saga_client;
+mod m20261201_000005_saga_trace;
 
 pub struct Migrator;
 
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000002_outbox_expiry::Migration),
             Box::new(m20261201_000003_typed_timeline::Migration),
             Box::new(m20261201_000004_saga_client::Migration),
+            Box::new(m20261201_000005_saga_trace::Migration),
         ]
     }
 }

@@ -224,7 +224,10 @@ pub async fn handle_command<P: Participant>(
     envelope: &Envelope,
 ) -> Result<Outcome, Error> {
     let command = prepare(participant, envelope)?;
-    execute(participant, txn, &command).await.map_err(|f| f.error)
+    execute(participant, txn, &command)
+        .await
+        .map(|(outcome, _)| outcome)
+        .map_err(|f| f.error)
 }
 
 /// A failed command. `poisoned` means even rolling back its savepoint failed: the
@@ -237,6 +240,30 @@ pub(crate) struct CommandFailure {
 }
 
 /// What to do with the command's savepoint once its answer is known.
+/// What the barrier made of a command, for metrics and traces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BarrierHit {
+    /// The first delivery of the command: it ran.
+    First,
+    /// A redelivery: the stored answer was replayed, nothing ran.
+    Duplicate,
+    /// A cancel whose try never ran: answered `Ok`, nothing to undo, recorded.
+    EmptyCancel,
+    /// A try that arrived after its branch's cancel: refused, nothing ran.
+    HangingTry,
+}
+
+impl BarrierHit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BarrierHit::First => "first",
+            BarrierHit::Duplicate => "duplicate",
+            BarrierHit::EmptyCancel => "empty_cancel",
+            BarrierHit::HangingTry => "hanging_try",
+        }
+    }
+}
+
 enum Decision {
     /// Release it: the barrier row (and any effect) commits with the transaction.
     Record(Outcome),
@@ -276,9 +303,10 @@ pub(crate) async fn execute<P: Participant>(
     participant: &P,
     txn: &DatabaseTransaction,
     command: &PreparedCommand<P::Payload>,
-) -> Result<Outcome, CommandFailure> {
+) -> Result<(Outcome, BarrierHit), CommandFailure> {
     let savepoint = open_savepoint(txn).await?;
-    match apply(participant, &savepoint, command).await {
+    let mut hit = BarrierHit::First;
+    let outcome = match apply(participant, &savepoint, command, &mut hit).await {
         Ok(Decision::Record(outcome)) => finish(savepoint.commit().await, Ok(outcome)),
         Ok(Decision::Discard(outcome)) => finish(savepoint.rollback().await, Ok(outcome)),
         Ok(Decision::Undo(reason)) => {
@@ -286,7 +314,8 @@ pub(crate) async fn execute<P: Participant>(
             record_refusal(txn, command, &reason).await
         }
         Err(error) => finish(savepoint.rollback().await, Err(error)),
-    }
+    }?;
+    Ok((outcome, hit))
 }
 
 async fn open_savepoint(txn: &DatabaseTransaction) -> Result<DatabaseTransaction, CommandFailure> {
@@ -340,11 +369,20 @@ async fn apply<P: Participant>(
     participant: &P,
     txn: &DatabaseTransaction,
     command: &PreparedCommand<P::Payload>,
+    hit: &mut BarrierHit,
 ) -> Result<Decision, Error> {
     let branch = &command.branch;
     let op = command.operation;
     if !claim(txn, branch, op, OUTCOME_OK, None).await? {
-        return replay(txn, branch, op).await.map(Decision::Record);
+        let outcome = replay(txn, branch, op).await?;
+        let hanging =
+            op == Operation::Try && matches!(&outcome, Outcome::Rejected { reason } if reason == CANCELLED_BEFORE_TRY);
+        *hit = if hanging {
+            BarrierHit::HangingTry
+        } else {
+            BarrierHit::Duplicate
+        };
+        return Ok(Decision::Record(outcome));
     }
     let writers = Writers::of(txn);
     match op {
@@ -374,6 +412,7 @@ async fn apply<P: Participant>(
             let reason = Some(CANCELLED_BEFORE_TRY);
             if claim(txn, branch, Operation::Try, OUTCOME_REJECTED, reason).await? {
                 note(txn, branch, op, EMPTY_CANCEL).await?;
+                *hit = BarrierHit::EmptyCancel;
                 return Ok(Decision::Record(Outcome::Ok));
             }
             let rows = decisive_rows(txn, branch, Operation::Confirm, writers).await?;

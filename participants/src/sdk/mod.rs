@@ -7,6 +7,7 @@
 //! as the business write, so "effect applied" and "answer recorded" commit together.
 
 pub mod barrier;
+pub mod metrics;
 pub mod runtime;
 
 pub use async_trait::async_trait;

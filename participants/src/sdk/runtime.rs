@@ -21,27 +21,31 @@
 //! cannot be rolled back, a deadlock with another worker's batch) requeues the whole
 //! batch and the worker backs off. A reply that cannot be published requeues its
 //! delivery.
+//!
+//! Observability: each command gets an OpenTelemetry span (`tcc.try`, `tcc.confirm`,
+//! `tcc.cancel`; see [`kessai_transport::trace`]), the child of the coordinator's
+//! `tcc.dispatch` span the command carries, and its reply carries this span back; its
+//! log span has the `saga_id` and `trace_id`. Durations, barrier hits and dead
+//! letters are counted in [`RuntimeConfig::metrics`] ([`super::metrics`]).
 
 use super::barrier::{self, PreparedCommand};
 use super::{BranchRef, Participant};
 use crate::Error;
 use kessai_messages::{Envelope, MessageKey, Operation, Outcome, SIGNATURE_HEADER, limits, signing};
+use kessai_transport::trace;
 use kessai_transport::{ConsumeOptions, Consumer, Delivery, Headers, OutgoingMessage, Tasks, Topology, Transport};
+use opentelemetry::trace::{SpanKind, TraceContextExt};
+use opentelemetry::{Context, KeyValue};
 use sea_orm::{DatabaseConnection, DatabaseTransaction, SqliteTransactionMode, TransactionOptions, TransactionTrait};
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use std::time::Instant;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, Span, field};
-
-/// Called with each command's span and the envelope headers before the command is
-/// handled. The binary uses it to make the span a child of the coordinator's
-/// (`traceparent`) through its OpenTelemetry layer; this crate stays free of
-/// OpenTelemetry.
-pub type SpanHook = Arc<dyn Fn(&Span, &BTreeMap<String, String>) + Send + Sync>;
 
 /// How a [`ParticipantRuntime`] consumes and batches.
 #[derive(Clone)]
@@ -67,8 +71,8 @@ pub struct RuntimeConfig {
     /// to `max_error_backoff` while failures continue.
     pub error_backoff: Duration,
     pub max_error_backoff: Duration,
-    /// See [`SpanHook`].
-    pub span_hook: Option<SpanHook>,
+    /// Where the runtime counts what it does; register it to expose it.
+    pub metrics: super::metrics::ParticipantMetrics,
     /// Queues, besides `topology.reply_queue()`, that a command may name as its
     /// `reply_to`. A command naming any other is dead-lettered: whoever can write to
     /// the command queue must not make this participant publish where they choose.
@@ -96,7 +100,7 @@ impl Default for RuntimeConfig {
             retry_delay: Duration::from_millis(250),
             error_backoff: Duration::from_millis(100),
             max_error_backoff: Duration::from_secs(5),
-            span_hook: None,
+            metrics: super::metrics::ParticipantMetrics::default(),
             extra_reply_queues: Vec::new(),
             message_key: None,
         }
@@ -114,7 +118,6 @@ impl fmt::Debug for RuntimeConfig {
             .field("retry_delay", &self.retry_delay)
             .field("error_backoff", &self.error_backoff)
             .field("max_error_backoff", &self.max_error_backoff)
-            .field("span_hook", &self.span_hook.is_some())
             .field("extra_reply_queues", &self.extra_reply_queues)
             .field("message_key", &self.message_key)
             .finish()
@@ -164,6 +167,8 @@ struct Pending<T> {
     envelope: Envelope,
     command: PreparedCommand<T>,
     span: Span,
+    /// The command's OpenTelemetry span.
+    otel: Context,
 }
 
 impl<P: Participant> ParticipantRuntime<P> {
@@ -342,7 +347,7 @@ impl<P: Participant> ParticipantRuntime<P> {
             match self.prepare(delivery, &batch_span) {
                 Ok(p) => pending.push(p),
                 Err((delivery, reason, span)) => {
-                    dead_letter(delivery, &reason, &span).await;
+                    self.dead_letter(delivery, &reason, &span, None).await;
                     report.dead_lettered += 1;
                 }
             }
@@ -365,12 +370,28 @@ impl<P: Participant> ParticipantRuntime<P> {
         };
         let mut answered = Vec::with_capacity(pending.len());
         let mut retry = Vec::new();
+        let name = inner.participant.name();
         for p in pending.into_iter() {
+            let started = Instant::now();
             let result = barrier::execute(&inner.participant, &txn, &p.command)
                 .instrument(p.span.clone())
                 .await;
             match result {
-                Ok(outcome) => answered.push((p, outcome)),
+                Ok((outcome, hit)) => {
+                    let metrics = &inner.config.metrics;
+                    let label = outcome_label(&outcome);
+                    metrics.operation(
+                        name,
+                        p.command.operation.as_str(),
+                        label,
+                        started.elapsed().as_secs_f64(),
+                    );
+                    metrics.barrier_hit(name, hit);
+                    p.otel
+                        .span()
+                        .set_attribute(KeyValue::new(trace::attr::BARRIER, hit.as_str()));
+                    answered.push((p, outcome));
+                }
                 Err(failure) if failure.poisoned || lock_conflict(&failure.error) => {
                     let _ = txn.rollback().await;
                     p.span.in_scope(|| {
@@ -387,13 +408,18 @@ impl<P: Participant> ParticipantRuntime<P> {
                 Err(failure) if !failure.error.is_retryable() => {
                     // Stored data this build cannot read: no redelivery will help.
                     let reason = failure.error.to_string();
-                    dead_letter(p.delivery, &reason, &p.span).await;
+                    self.dead_letter(p.delivery, &reason, &p.span, Some(&p.otel)).await;
                     report.dead_lettered += 1;
                 }
                 Err(failure) => {
                     p.span.record("tcc.outcome", "requeued");
                     p.span
                         .in_scope(|| tracing::warn!(error = %failure.error, "command failed retryably; requeueing"));
+                    trace::end_with(
+                        &p.otel,
+                        vec![KeyValue::new(trace::attr::OUTCOME, "requeued")],
+                        Some(failure.error.to_string().into()),
+                    );
                     retry.push(p);
                 }
             }
@@ -422,11 +448,12 @@ impl<P: Participant> ParticipantRuntime<P> {
             parent: batch_span,
             "participant_handle",
             participant = inner.participant.name(),
-            saga.id = field::Empty,
+            saga_id = field::Empty,
             saga.branch = field::Empty,
             tcc.operation = field::Empty,
             tcc.attempt = field::Empty,
             tcc.outcome = field::Empty,
+            trace_id = field::Empty,
             messaging.system = inner.transport.system(),
             messaging.destination.name = %inner.queue,
             messaging.message.id = field::Empty,
@@ -440,14 +467,11 @@ impl<P: Participant> ParticipantRuntime<P> {
             Ok(e) => e,
             Err(e) => return Err((delivery, format!("undecodable envelope: {e}"), span)),
         };
-        span.record("saga.id", field::display(envelope.saga_id));
+        span.record("saga_id", field::display(envelope.saga_id));
         span.record("saga.branch", envelope.branch_id.0);
         span.record("tcc.operation", envelope.operation.as_str());
         span.record("tcc.attempt", envelope.attempt);
         span.record("messaging.message.id", field::display(envelope.message_id));
-        if let Some(hook) = &inner.config.span_hook {
-            hook(&span, &envelope.headers);
-        }
         if let Some(command) = envelope.as_command()
             && !inner.config.answers_to(&command.reply_to)
         {
@@ -459,14 +483,58 @@ impl<P: Participant> ParticipantRuntime<P> {
             return Err((delivery, reason, span));
         }
         match barrier::prepare(&inner.participant, &envelope) {
-            Ok(command) => Ok(Pending {
-                delivery,
-                envelope,
-                command,
-                span,
-            }),
+            Ok(command) => {
+                let otel = self.start_span(&envelope);
+                if let Some(id) = trace::trace_id(&otel) {
+                    span.record("trace_id", id);
+                }
+                Ok(Pending {
+                    delivery,
+                    envelope,
+                    command,
+                    span,
+                    otel,
+                })
+            }
             Err(e) => Err((delivery, e.to_string(), span)),
         }
+    }
+
+    /// The command's span, under the coordinator's dispatch span it carries.
+    fn start_span(&self, envelope: &Envelope) -> Context {
+        let inner = &self.inner;
+        let op = envelope.operation.as_str();
+        trace::start(
+            trace::operation_span(op),
+            SpanKind::Consumer,
+            &trace::extract(&envelope.headers),
+            vec![
+                KeyValue::new(trace::attr::SAGA_ID, envelope.saga_id.to_string()),
+                KeyValue::new(trace::attr::BRANCH, i64::from(envelope.branch_id.0)),
+                KeyValue::new(trace::attr::PARTICIPANT, inner.participant.name().to_owned()),
+                KeyValue::new(trace::attr::OPERATION, op),
+                KeyValue::new(trace::attr::ATTEMPT, i64::from(envelope.attempt)),
+                KeyValue::new(
+                    trace::attr::MESSAGING_SYSTEM,
+                    trace::messaging_system(inner.transport.system()),
+                ),
+                KeyValue::new(trace::attr::MESSAGING_DESTINATION, inner.queue.clone()),
+                KeyValue::new(trace::attr::MESSAGING_OPERATION, "process"),
+            ],
+        )
+    }
+
+    /// Dead-letters `delivery` with `reason`, counting it and ending its span.
+    async fn dead_letter(&self, delivery: Delivery, reason: &str, span: &Span, otel: Option<&Context>) {
+        self.inner.config.metrics.dead_letters.record(&self.inner.queue, reason);
+        if let Some(cx) = otel {
+            trace::end_with(
+                cx,
+                vec![KeyValue::new(trace::attr::OUTCOME, "dead_lettered")],
+                Some(format!("dead-lettered: {reason}").into()),
+            );
+        }
+        dead_letter(delivery, reason, span).await;
     }
 
     /// Publishes the replies of a committed batch, then acks what was answered.
@@ -476,7 +544,15 @@ impl<P: Participant> ParticipantRuntime<P> {
         let mut by_queue: BTreeMap<String, Vec<(Delivery, OutgoingMessage, Span)>> = BTreeMap::new();
         for (p, outcome) in answered {
             record_outcome(&p.span, &outcome);
-            let reply = p.envelope.reply(inner.participant.name(), outcome);
+            let error = match &outcome {
+                Outcome::Ok => None,
+                Outcome::Rejected { reason } | Outcome::Retryable { reason } => Some(reason.clone().into()),
+            };
+            let label = outcome_label(&outcome);
+            let mut reply = p.envelope.reply(inner.participant.name(), outcome);
+            // The reply carries this command's span: the coordinator's is its child.
+            trace::inject(&p.otel, &mut reply.headers);
+            trace::end_with(&p.otel, vec![KeyValue::new(trace::attr::OUTCOME, label)], error);
             // The envelope's headers (trace context) are copied for brokers' tools,
             // leaving room for the signature within the header limit.
             let mut headers: Headers = reply
@@ -604,13 +680,16 @@ async fn commit_batch(txn: DatabaseTransaction) -> Result<(), sea_orm::DbErr> {
     txn.commit().await
 }
 
-fn record_outcome(span: &Span, outcome: &Outcome) {
-    let label = match outcome {
+fn outcome_label(outcome: &Outcome) -> &'static str {
+    match outcome {
         Outcome::Ok => "ok",
         Outcome::Rejected { .. } => "rejected",
         Outcome::Retryable { .. } => "retryable",
-    };
-    span.record("tcc.outcome", label);
+    }
+}
+
+fn record_outcome(span: &Span, outcome: &Outcome) {
+    span.record("tcc.outcome", outcome_label(outcome));
 }
 
 async fn dead_letter(delivery: Delivery, reason: &str, span: &Span) {
@@ -859,7 +938,10 @@ mod tests {
         envelope
             .headers
             .insert(SIGNATURE_HEADER.into(), "not mine to set".into());
-        envelope.headers.insert("traceparent".into(), "00-abc-def-01".into());
+        envelope.headers.insert(
+            "traceparent".into(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+        );
         let payload = envelope.encode();
         let mut signed = OutgoingMessage::new(payload.clone());
         signed
@@ -868,9 +950,39 @@ mod tests {
         assert_eq!(f.process(signed).await, REPLIED);
         let (payload, headers) = f.take(&f.topology.reply_queue()).await;
         assert_eq!(signing::verify(&key, &payload, &headers), Ok(()));
-        assert_eq!(headers["traceparent"], "00-abc-def-01");
+        assert_eq!(
+            headers["traceparent"],
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        );
         let decoded = Envelope::decode(&payload).unwrap();
         assert_eq!(decoded.as_reply().unwrap().outcome, Outcome::Ok);
+    }
+
+    #[tokio::test]
+    async fn barrier_hits_and_dead_letters_are_counted() {
+        use super::super::barrier::BarrierHit;
+        let f = Fixture::new(RuntimeConfig::default()).await;
+        let metrics = f.runtime.config().metrics.clone();
+        let try_ = f.try_();
+        let mut cancel = try_.clone();
+        cancel.operation = Operation::Cancel;
+        // A cancel with no try before it (empty), then its try (hanging: refused), then
+        // the try again (a duplicate of a refused try replays the refusal: hanging).
+        for envelope in [&cancel, &try_, &try_, &cancel] {
+            let report = f.process(OutgoingMessage::new(envelope.encode())).await;
+            assert_eq!(report.replied, 1);
+        }
+        let name = BALANCE;
+        assert_eq!(metrics.barrier_hits(name, BarrierHit::EmptyCancel), 1);
+        assert_eq!(metrics.barrier_hits(name, BarrierHit::HangingTry), 2);
+        assert_eq!(metrics.barrier_hits(name, BarrierHit::Duplicate), 1);
+        assert_eq!(
+            metrics.barrier_hits(name, BarrierHit::First),
+            0,
+            "first runs are not hits"
+        );
+        assert_eq!(f.process(OutgoingMessage::new(b"{oops".to_vec())).await, DEAD);
+        assert_eq!(metrics.dead_letters.count(f.runtime.queue(), "undecodable"), 1);
     }
 
     #[tokio::test]

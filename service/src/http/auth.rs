@@ -123,6 +123,11 @@ fn digest(token: &str) -> [u8; 32] {
 }
 
 impl Auth {
+    /// The names of the configured tokens: the API's clients.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|e| &*e.principal.name)
+    }
+
     /// From `[[auth.tokens]]`; the error names the entry at fault (never its token).
     pub fn from_settings(tokens: &[TokenSettings]) -> Result<Auth, String> {
         let mut names = HashSet::new();

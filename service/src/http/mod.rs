@@ -11,14 +11,18 @@
 //!
 //! Layout: [`auth`] (bearer tokens and scopes), [`input`] (strict decoding of bodies),
 //! [`error`] (the one error shape), [`limits`] (in-flight bound and request timeout),
-//! `routes` (the handlers). The router and the OpenAPI document are built together
-//! from the handlers' annotations ([`router`], [`openapi`]), so they cannot drift.
+//! `routes` (the handlers), `trace` (a server span per request, under the client's
+//! `traceparent`), `ui` (the web UI's embedded files at `/ui`, outside the API's
+//! token and limits). The router and the OpenAPI document are built together from the
+//! handlers' annotations ([`router`], [`openapi`]), so they cannot drift.
 
 pub mod auth;
 pub mod error;
 pub mod input;
 pub mod limits;
 mod routes;
+mod trace;
+mod ui;
 
 pub use auth::{Auth, Principal, Scope, TokenSettings};
 pub use error::ApiError;
@@ -48,6 +52,8 @@ pub struct ApiConfig {
     pub limits: Limits,
     /// Participants a generic saga may name (anything else is 422 at the edge).
     pub participants: BTreeSet<String>,
+    /// The trace viewer's link template (`{trace_id}` replaced): `trace_url` of a saga.
+    pub trace_url: Option<String>,
 }
 
 impl ApiConfig {
@@ -62,6 +68,7 @@ impl ApiConfig {
                 .into_iter()
                 .map(str::to_owned)
                 .collect(),
+            trace_url: None,
         }
     }
 }
@@ -70,6 +77,14 @@ pub(crate) struct Api {
     coordinator: Coordinator,
     auth: Auth,
     participants: BTreeSet<String>,
+    trace_url: Option<String>,
+}
+
+impl Api {
+    /// The link to a trace, from the configured template.
+    pub(crate) fn trace_url(&self, trace_id: Option<&str>) -> Option<String> {
+        Some(self.trace_url.as_ref()?.replace("{trace_id}", trace_id?))
+    }
 }
 
 #[derive(OpenApi)]
@@ -130,6 +145,7 @@ pub fn router(coordinator: Coordinator, config: ApiConfig) -> Router {
         coordinator,
         auth: config.auth,
         participants: config.participants,
+        trace_url: config.trace_url,
     });
     let (routes, _) = documented().split_for_parts();
     let doc = Arc::new(openapi());
@@ -143,8 +159,13 @@ pub fn router(coordinator: Coordinator, config: ApiConfig) -> Router {
                 async move { axum::Json(doc.as_ref().clone()) }
             }),
         )
+        // Each API request is a server span, the child of a client's `traceparent`.
+        .route_layer(axum::middleware::from_fn(trace::request_span))
         .layer(DefaultBodyLimit::max(config.limits.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(gate, limits::gate))
+        // The operators' web UI: static files, no token, outside the API's limits and
+        // its OpenAPI document.
+        .merge(ui::routes())
 }
 
 /// A layer that lets through only requests whose token holds `scope` (for routes

@@ -218,9 +218,10 @@ pub(super) async fn saga(
     if let Some(wait) = wait {
         api.coordinator.wait(id, wait).await?;
     }
-    let Some(view) = api.coordinator.saga(id).await? else {
+    let Some(mut view) = api.coordinator.saga(id).await? else {
         return Err(ApiError::saga_not_found(id));
     };
+    view.trace_url = api.trace_url(view.trace_id.as_deref());
     Ok(Json(view).into_response())
 }
 
@@ -243,6 +244,9 @@ pub(super) struct ListQuery {
     limit: Option<u64>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Only the sagas of this payment: exact match on its idempotency key, unscoped
+    /// or scoped to any configured client (the other filters still apply).
+    payment_id: Option<String>,
 }
 
 /// A page of sagas, newest first.
@@ -306,7 +310,16 @@ pub(super) async fn list(
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(bad("limit", format!("limit must be 1 to {MAX_PAGE}")));
     }
-    let mut sagas = api.coordinator.list(&filter, limit + 1).await?;
+    let mut sagas = match &q.payment_id {
+        Some(payment_id) => {
+            input::check_id("payment_id", payment_id).map_err(|e| bad("payment_id", e.message))?;
+            let clients: Vec<&str> = api.auth.names().collect();
+            api.coordinator
+                .sagas_of_payment(payment_id, &clients, &filter, limit + 1)
+                .await?
+        }
+        None => api.coordinator.list(&filter, limit + 1).await?,
+    };
     let next_cursor = if sagas.len() as u64 > limit {
         sagas.truncate(limit as usize);
         sagas.last().map(|s| s.id.to_string())
@@ -414,6 +427,7 @@ pub(super) async fn stats(State(api): ApiState, headers: HeaderMap) -> Result<Re
         "refused": admission.refused(),
         "completion_rate_per_s": admission.rate(),
         "waiters": api.coordinator.waiters(),
+        "sagas": api.coordinator.state_counts().await?,
     }))
     .into_response())
 }
