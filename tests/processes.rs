@@ -1373,13 +1373,21 @@ async fn trace_scenario(d: &mut Deployment, endpoint: &str, protocol: &str, span
     let deadline = Instant::now() + Duration::from_secs(30);
     let all = loop {
         let all = spans.lock().unwrap().clone();
+        // Each process exports on its own schedule: wait until every saga's spans are
+        // in, and every parent they name (the HTTP span of the client's call included).
+        let ids: std::collections::HashSet<&str> = all.iter().map(|s| s.span_id.as_str()).collect();
         let complete = sagas.iter().all(|(id, _, _)| {
-            let of = |name: &str| {
-                all.iter()
-                    .filter(|s| s.name == name && attribute(s, "saga.id").as_deref() == Some(id))
-                    .count()
-            };
-            of("saga.submit") == 1 && of("saga") == 1 && of("tcc.dispatch") >= 5 && of("tcc.reply") >= 5
+            let mine: Vec<_> = all
+                .iter()
+                .filter(|s| attribute(s, "saga.id").as_deref() == Some(id.as_str()))
+                .collect();
+            let of = |names: &[&str]| mine.iter().filter(|s| names.contains(&s.name.as_str())).count();
+            of(&["saga.submit"]) == 1
+                && of(&["saga"]) == 1
+                && of(&["tcc.dispatch"]) >= 5
+                && of(&["tcc.try", "tcc.confirm", "tcc.cancel"]) >= 5
+                && of(&["tcc.reply"]) >= 5
+                && mine.iter().all(|s| ids.contains(s.parent_span_id.as_str()))
         });
         if complete {
             break all;
