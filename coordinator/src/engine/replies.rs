@@ -84,10 +84,15 @@ async fn handle(inner: &Inner, batch: Vec<Delivery>) -> Result<(), Error> {
     let queue = inner.config.topology.reply_queue();
     for (i, d) in batch.iter().enumerate() {
         match decode(inner, d) {
-            Ok((saga, event, sent_at)) => {
+            Ok((saga, event, env_headers)) => {
+                // From the envelope's headers: covered by the signature, unlike the
+                // broker's copy.
+                let sent_at = env_headers
+                    .get(crate::store::SENT_AT_HEADER)
+                    .and_then(|v| v.parse().ok());
                 spans[i] = Some((
                     saga,
-                    trace::reply(&d.headers, saga, &event, inner.transport.system(), &queue),
+                    trace::reply(&env_headers, saga, &event, inner.transport.system(), &queue),
                 ));
                 timings[i] = Timing::of(&event, sent_at);
                 events.push((saga, event, Some(i)));
@@ -209,15 +214,12 @@ fn end_spans(spans: &mut [Option<(SagaId, Context)>], driven: &drive::Driven) {
     }
 }
 
-/// The event a delivery stands for, or why it is dead-lettered. The signature is
+/// The event a delivery stands for, with its envelope headers (trace context, send
+/// time), or why it is dead-lettered. The signature is
 /// checked before a byte of the payload is parsed.
-fn decode(inner: &Inner, d: &Delivery) -> Result<(SagaId, Event, Option<i64>), String> {
+fn decode(inner: &Inner, d: &Delivery) -> Result<(SagaId, Event, kessai_transport::Headers), String> {
     signing::admit(inner.config.message_key.as_ref(), &d.payload, &d.headers)?;
     let env = Envelope::decode(&d.payload).map_err(|e| e.to_string())?;
-    let sent_at = env
-        .headers
-        .get(crate::store::SENT_AT_HEADER)
-        .and_then(|v| v.parse().ok());
     match env.body {
         Body::Reply(r) => Ok((
             env.saga_id,
@@ -228,7 +230,7 @@ fn decode(inner: &Inner, d: &Delivery) -> Result<(SagaId, Event, Option<i64>), S
                 attempt: env.attempt,
                 outcome: r.outcome,
             },
-            sent_at,
+            env.headers,
         )),
         Body::Command(_) => Err("a command on the reply queue".into()),
     }
