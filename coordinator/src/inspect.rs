@@ -10,7 +10,7 @@ use crate::engine::{Coordinator, scoped_key};
 use crate::machine::SagaState;
 use crate::store::entities::saga;
 use crate::store::{SagaFilter, SagaSummary};
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QuerySelect};
 
 /// How many sagas are in each state; `stuck` counts the flagged ones, whatever their
 /// state (a stuck saga is also counted in its state).
@@ -45,35 +45,6 @@ pub fn payment_keys<'a>(payment_id: &str, clients: impl IntoIterator<Item = &'a 
     std::iter::once(key.clone())
         .chain(clients.into_iter().map(|c| scoped_key(Some(c), &key)))
         .collect()
-}
-
-/// The sagas stored under any of `keys` (exact matches on the indexed idempotency
-/// key), newest first.
-pub async fn by_idempotency_keys<C: ConnectionTrait>(db: &C, keys: &[String]) -> Result<Vec<SagaSummary>, Error> {
-    if keys.is_empty() {
-        return Ok(Vec::new());
-    }
-    let rows = saga::Entity::find()
-        .filter(saga::Column::IdempotencyKey.is_in(keys.to_vec()))
-        .order_by_desc(saga::Column::Id)
-        .all(db)
-        .await?;
-    rows.into_iter().map(crate::store::summary).collect()
-}
-
-/// Whether `s` passes `filter` (the same conditions [`store::list`](crate::store::list)
-/// puts in its query), for the few sagas a payment id names.
-pub fn matches(filter: &SagaFilter, s: &SagaSummary) -> bool {
-    filter.state.is_none_or(|state| s.state == state)
-        && filter.stuck.is_none_or(|stuck| s.stuck == stuck)
-        && filter.kind.as_ref().is_none_or(|kind| &s.kind == kind)
-        && filter
-            .client
-            .as_ref()
-            .is_none_or(|client| s.client.as_ref() == Some(client))
-        && filter.created_after_ms.is_none_or(|t| s.created_at_ms >= t)
-        && filter.created_before_ms.is_none_or(|t| s.created_at_ms < t)
-        && filter.before.is_none_or(|before| s.id.to_string() < before.to_string())
 }
 
 /// Saga counts by state and the stuck count, in one `GROUP BY state, stuck` query.
@@ -111,11 +82,11 @@ impl Coordinator {
         filter: &SagaFilter,
         limit: u64,
     ) -> Result<Vec<SagaSummary>, Error> {
-        let keys = payment_keys(payment_id, clients.iter().copied());
-        let mut sagas = by_idempotency_keys(self.db(), &keys).await?;
-        sagas.retain(|s| matches(filter, s));
-        sagas.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-        Ok(sagas)
+        let filter = SagaFilter {
+            idempotency_keys: Some(payment_keys(payment_id, clients.iter().copied())),
+            ..filter.clone()
+        };
+        crate::store::list(self.db(), &filter, limit).await
     }
 
     /// How many sagas are in each state, and how many are stuck.
@@ -225,25 +196,38 @@ mod tests {
             false,
         )
         .await;
+        let of_payment = |keys: Vec<String>, filter: SagaFilter| SagaFilter {
+            idempotency_keys: Some(keys),
+            ..filter
+        };
         let keys = payment_keys("p-1", ["checkout", "ops"]);
-        let found = by_idempotency_keys(&db, &keys).await.unwrap();
+        let list = |filter: SagaFilter| {
+            let db = db.clone();
+            async move { crate::store::list(&db, &filter, 50).await.unwrap() }
+        };
+        let found = list(of_payment(keys.clone(), SagaFilter::default())).await;
         let ids: Vec<SagaId> = found.iter().map(|s| s.id).collect();
         assert_eq!(ids, [in_process, mine], "newest first");
         assert_eq!(found[1].state, SagaState::Cancelled);
         assert_eq!(found[1].client.as_deref(), Some("checkout"));
-        assert!(by_idempotency_keys(&db, &[]).await.unwrap().is_empty());
+        assert!(list(of_payment(Vec::new(), SagaFilter::default())).await.is_empty());
 
         let cancelled = SagaFilter {
             state: Some(SagaState::Cancelled),
             ..SagaFilter::default()
         };
-        let only: Vec<SagaId> = found.iter().filter(|s| matches(&cancelled, s)).map(|s| s.id).collect();
+        let only: Vec<SagaId> = list(of_payment(keys.clone(), cancelled))
+            .await
+            .iter()
+            .map(|s| s.id)
+            .collect();
         assert_eq!(only, [mine]);
         let page = SagaFilter {
             before: Some(in_process),
             ..SagaFilter::default()
         };
-        assert!(!matches(&page, &found[0]) && matches(&page, &found[1]));
+        let next: Vec<SagaId> = list(of_payment(keys, page)).await.iter().map(|s| s.id).collect();
+        assert_eq!(next, [mine], "the cursor skips the newer one and keeps the older");
         db.close().await.unwrap();
     }
 

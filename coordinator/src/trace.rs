@@ -10,20 +10,20 @@ use opentelemetry::trace::SpanKind;
 use opentelemetry::{Context, KeyValue};
 use std::time::{Duration, SystemTime};
 
-/// The `tcc.dispatch` span of a command, under the saga's context.
+/// The `tcc.dispatch` span of a command, under the saga's context (`parent`, from its
+/// stored `traceparent`).
 pub(crate) fn dispatch(
-    trace_parent: Option<&str>,
+    parent: &Context,
     saga: SagaId,
     branch: &Branch,
     operation: Operation,
     attempt: u32,
     queue: &str,
 ) -> Context {
-    let parent = trace::context_from(trace_parent);
     trace::start(
         span::DISPATCH,
         SpanKind::Producer,
-        &parent,
+        parent,
         vec![
             KeyValue::new(attr::SAGA_ID, saga.to_string()),
             KeyValue::new(attr::BRANCH, i64::from(branch.id.0)),

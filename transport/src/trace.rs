@@ -152,14 +152,13 @@ pub fn trace_id(cx: &Context) -> Option<String> {
 /// Starts a span named `name` under `parent` with `attributes`, and returns the
 /// context holding it: pass that on (inject it, parent children on it) and end the
 /// span with [`end`] or [`end_with`].
-pub fn start(name: &'static str, kind: SpanKind, parent: &Context, attributes: Vec<KeyValue>) -> Context {
-    let tracer = global::tracer("kessai");
-    let span = tracer
-        .span_builder(name)
-        .with_kind(kind)
-        .with_attributes(attributes)
-        .start_with_context(&tracer, parent);
-    parent.with_span(span)
+pub fn start(
+    name: impl Into<Cow<'static, str>>,
+    kind: SpanKind,
+    parent: &Context,
+    attributes: Vec<KeyValue>,
+) -> Context {
+    start_from(name, kind, parent, None, attributes)
 }
 
 /// Like [`start`], with the span's start time given (a span that covers something
@@ -171,20 +170,20 @@ pub fn start_at(
     start: std::time::SystemTime,
     attributes: Vec<KeyValue>,
 ) -> Context {
-    let tracer = global::tracer("kessai");
-    let span = tracer
-        .span_builder(name)
-        .with_kind(kind)
-        .with_start_time(start)
-        .with_attributes(attributes)
-        .start_with_context(&tracer, parent);
-    parent.with_span(span)
+    start_from(name, kind, parent, Some(start), attributes)
 }
 
-/// Whether `cx`'s span records anything; attributes that cost something to build are
-/// only worth building when it does.
-pub fn recording(cx: &Context) -> bool {
-    cx.span().is_recording()
+fn start_from(
+    name: impl Into<Cow<'static, str>>,
+    kind: SpanKind,
+    parent: &Context,
+    start: Option<std::time::SystemTime>,
+    attributes: Vec<KeyValue>,
+) -> Context {
+    let tracer = global::tracer("kessai");
+    let mut builder = tracer.span_builder(name).with_kind(kind).with_attributes(attributes);
+    builder.start_time = start;
+    parent.with_span(builder.start_with_context(&tracer, parent))
 }
 
 /// Ends `cx`'s span.

@@ -84,6 +84,8 @@ impl Routing {
         trace_parent: Option<&str>,
     ) -> Vec<outbox::ActiveModel> {
         let reply_to = self.topology.reply_queue();
+        // The saga's context, parsed once for all its commands.
+        let parent = trace_parent.map(|t| kessai_transport::trace::context_from(Some(t)));
         actions
             .iter()
             .filter_map(Action::as_send)
@@ -104,8 +106,8 @@ impl Routing {
                 );
                 let queue = self.topology.command_queue(&b.participant);
                 env.headers.insert(SENT_AT_HEADER.to_owned(), now.to_string());
-                if trace_parent.is_some() {
-                    let cx = trace::dispatch(trace_parent, saga.id, b, operation, attempt, &queue);
+                if let Some(parent) = &parent {
+                    let cx = trace::dispatch(parent, saga.id, b, operation, attempt, &queue);
                     kessai_transport::trace::inject(&cx, &mut env.headers);
                     kessai_transport::trace::end(&cx);
                 }
@@ -764,6 +766,9 @@ pub struct SagaFilter {
     pub created_before_ms: Option<i64>,
     /// Only sagas older than this one (the cursor: the last id of the previous page).
     pub before: Option<SagaId>,
+    /// Only sagas stored under one of these idempotency keys (exact matches, on the
+    /// key's unique index); an empty list matches nothing.
+    pub idempotency_keys: Option<Vec<String>>,
 }
 
 /// One line of a saga list.
@@ -820,6 +825,12 @@ pub async fn list<C: ConnectionTrait>(db: &C, filter: &SagaFilter, limit: u64) -
     }
     if let Some(before) = filter.before {
         q = q.filter(saga::Column::Id.lt(before.to_string()));
+    }
+    if let Some(keys) = &filter.idempotency_keys {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        q = q.filter(saga::Column::IdempotencyKey.is_in(keys.clone()));
     }
     let rows = q.order_by_desc(saga::Column::Id).limit(limit).all(db).await?;
     rows.into_iter().map(summary).collect()

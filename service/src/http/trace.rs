@@ -8,7 +8,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use kessai_transport::trace;
 use opentelemetry::KeyValue;
-use opentelemetry::trace::{FutureExt, SpanKind, Status, TraceContextExt, Tracer};
+use opentelemetry::trace::{FutureExt, SpanKind, Status, TraceContextExt};
 
 pub(super) async fn request_span(request: Request, next: Next) -> Response {
     let parent = trace::context_from(request.headers().get(trace::TRACEPARENT).and_then(|v| v.to_str().ok()));
@@ -17,16 +17,15 @@ pub(super) async fn request_span(request: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| request.uri().path().to_owned(), |p| p.as_str().to_owned());
-    let tracer = opentelemetry::global::tracer("kessai");
-    let span = tracer
-        .span_builder(format!("{method} {route}"))
-        .with_kind(SpanKind::Server)
-        .with_attributes(vec![
+    let cx = trace::start(
+        format!("{method} {route}"),
+        SpanKind::Server,
+        &parent,
+        vec![
             KeyValue::new("http.request.method", method),
             KeyValue::new("http.route", route),
-        ])
-        .start_with_context(&tracer, &parent);
-    let cx = parent.with_span(span);
+        ],
+    );
     let response = next.run(request).with_context(cx.clone()).await;
     let span = cx.span();
     let status = response.status();
